@@ -1,0 +1,170 @@
+"""Reading checkpoint files safely: `.safetensors`, or `.pth`/`.pt`/`.ckpt` through
+`torch.load(weights_only=True)` only (a pickle that would run code is refused, never executed).
+
+This module knows files and key prefixes; each model family (core/dit, core/vae) knows its own key
+layout and detects its configuration from the state dict it gets from here.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+StateDict = dict[str, torch.Tensor]
+
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+
+# Prefixes that repackaged files put in front of the official key names, most specific first.
+# ComfyUI's repackaged diffusion models use `model.diffusion_model.`; some trainers save `module.`.
+KNOWN_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "model.", "module.")
+
+# Container keys under which some trainers nest the real state dict in a .pth file.
+NESTED_KEYS = ("state_dict", "model", "module", "ema", "model_ema")
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
+def read_state_dict(path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor],
+                    device: str | torch.device = "cpu") -> StateDict:
+    """Return a flat {key: tensor} dict from a file or an existing mapping.
+
+    `device="meta"` reads only the header of a safetensors file (shapes and dtypes, no data),
+    which is enough to detect a configuration without touching gigabytes of weights.
+    Raises ValueError for anything that is not a readable checkpoint, naming the file and the fix.
+    """
+    if isinstance(path_or_state_dict, Mapping):
+        sd = dict(path_or_state_dict)
+        _check_tensors(sd, "the given state dict")
+        return sd
+    path = Path(path_or_state_dict)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        sd = _read_safetensors(path, torch.device(device))
+    elif suffix in PICKLE_SUFFIXES:
+        sd = _read_pickle(path, torch.device(device))
+    else:
+        raise ValueError(
+            f"{path.name}: unsupported checkpoint format {suffix!r}; use a .safetensors file "
+            f"(or a .pth/.pt file, which is read with weights_only=True)")
+    if not sd:
+        raise ValueError(f"{path.name}: the file holds no tensors; is it a model checkpoint?")
+    return sd
+
+
+def _read_safetensors(path: Path, device: torch.device) -> StateDict:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            if device.type == "meta":
+                out = {}
+                for k in f.keys():
+                    sl = f.get_slice(k)
+                    out[k] = torch.empty(sl.get_shape(), dtype=_SAFETENSORS_DTYPES[sl.get_dtype()],
+                                         device="meta")
+                return out
+            out = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, KeyError) as err:
+        raise ValueError(
+            f"{path.name}: not a readable safetensors file ({err}); the download may be "
+            f"truncated or the file is of another kind — download it again") from err
+    return {k: v.to(device) for k, v in out.items()} if device.type != "cpu" else out
+
+
+def _read_pickle(path: Path, device: torch.device) -> StateDict:
+    map_location = "cpu" if device.type == "meta" else device
+    try:
+        try:
+            obj = torch.load(str(path), map_location=map_location, weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            # Legacy (non-zip) torch files cannot be memory-mapped; read them plainly.
+            obj = torch.load(str(path), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(
+            f"{path.name}: refused to load — the file contains Python objects that could run "
+            f"code, and only plain tensors are accepted (weights_only=True). Convert it to "
+            f".safetensors with a tool you trust, or use the official weights.") from err
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise ValueError(
+            f"{path.name}: not a readable PyTorch checkpoint ({err}); the file may be truncated "
+            f"— download it again") from err
+    sd = _unnest(obj, path.name)
+    if device.type == "meta":
+        sd = {k: torch.empty(v.shape, dtype=v.dtype, device="meta") for k, v in sd.items()}
+    return sd
+
+
+def _unnest(obj: object, name: str) -> StateDict:
+    """Find the flat tensor dict inside a loaded .pth object."""
+    for _ in range(3):
+        if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return dict(obj)
+        if isinstance(obj, Mapping):
+            nested = next((obj[k] for k in NESTED_KEYS if isinstance(obj.get(k), Mapping)), None)
+            if nested is not None:
+                obj = nested
+                continue
+        break
+    if isinstance(obj, Mapping):
+        tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if tensors:
+            return tensors
+    raise ValueError(f"{name}: the file holds no state dict of tensors; is it a model checkpoint?")
+
+
+def _check_tensors(sd: Mapping, what: str) -> None:
+    bad = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise TypeError(f"{what}: values must be tensors, but {bad[:3]} are not")
+
+
+def strip_prefix(sd: StateDict, marker_key: str | None = None) -> StateDict:
+    """Remove a repackaging prefix (`model.diffusion_model.`, `model.`, ...) from the keys.
+
+    A prefix is removed when every key carries it, or, for whole-pipeline files that bundle several
+    models, when `marker_key` (an unprefixed key the caller's model must have) is found under it;
+    then only the keys under that prefix are kept.
+    """
+    for prefix in KNOWN_PREFIXES:
+        if all(k.startswith(prefix) for k in sd):
+            return {k[len(prefix):]: v for k, v in sd.items()}
+    if marker_key is not None and marker_key not in sd:
+        for prefix in KNOWN_PREFIXES:
+            if prefix + marker_key in sd:
+                return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return sd
+
+
+def summarize_keys(keys, limit: int = 6) -> str:
+    """A short, readable sample of key names for error messages (never a dump of hundreds)."""
+    keys = sorted(keys)
+    shown = ", ".join(keys[:limit])
+    more = f", … ({len(keys) - limit} more)" if len(keys) > limit else ""
+    return f"{shown}{more}" if keys else "(none)"
+
+
+def describe_state_dict(sd: StateDict) -> str:
+    """One paragraph saying which model family a state dict belongs to and its configuration."""
+    from .dit.config import detect_config as detect_dit
+    from .vae.config import detect_config as detect_vae
+
+    errors = []
+    for family, detect in (("DiT", detect_dit), ("VAE", detect_vae)):
+        try:
+            return f"{family}: {detect(sd)}"
+        except ValueError as err:
+            errors.append(f"not a {family}: {err}")
+    raise ValueError("unrecognised checkpoint — " + "; ".join(errors))

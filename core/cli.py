@@ -1,0 +1,34 @@
+"""Command line of the FlowDiT core. Subcommands register themselves in `COMMANDS`."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    """Print what a checkpoint is (DiT or VAE, detected configuration) without building it."""
+    from .checkpoint import read_state_dict, describe_state_dict
+
+    sd = read_state_dict(args.checkpoint, device="meta")
+    print(describe_state_dict(sd))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="FlowDiT core tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="describe a DiT or VAE checkpoint file")
+    p.add_argument("checkpoint", help="path to a .safetensors / .pth / .pt file")
+    p.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError) as err:
+        # User mistakes get one clear line, never a traceback.
+        print(f"error: {err}", file=sys.stderr)
+        return 2

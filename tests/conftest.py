@@ -1,0 +1,51 @@
+"""Shared fixtures. The repository root is on sys.path (pyproject's pythonpath), so `import core`
+works; the node pack itself is imported as a package by `pack`, as ComfyUI does."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACK_NAME = "flowdit_pack_under_test"
+
+
+def import_pack():
+    """Import the repository as a package (as ComfyUI does with a custom_nodes folder)."""
+    if PACK_NAME in sys.modules:
+        return sys.modules[PACK_NAME]
+    spec = importlib.util.spec_from_file_location(
+        PACK_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_NAME] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def pack():
+    return import_pack()
+
+
+@pytest.fixture(scope="session")
+def comfyui_path():
+    """Path of a real ComfyUI checkout, or skip (CI has none)."""
+    path = os.environ.get("COMFYUI_PATH")
+    if not path:
+        pytest.skip("COMFYUI_PATH is not set: no real ComfyUI to compare against")
+    if not (Path(path) / "comfy").is_dir():
+        pytest.skip(f"COMFYUI_PATH={path} does not look like a ComfyUI checkout")
+    return Path(path)
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs CUDA")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
