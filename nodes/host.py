@@ -1,0 +1,180 @@
+"""The one place the pack touches ComfyUI: devices, the memory manager, progress bars, previews,
+interrupts and model folders. Without ComfyUI (tests, scripts) every function falls back to plain
+torch behaviour, so the nodes run anywhere.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("FlowDiT")
+
+try:  # ComfyUI present: use its machinery.
+    import comfy.model_management as _mm
+    import comfy.model_patcher as _patcher
+    import comfy.utils as _utils
+    import folder_paths as _folder_paths
+    HAVE_COMFY = True
+except ImportError:  # Plain torch fallback.
+    _mm = _patcher = _utils = _folder_paths = None
+    HAVE_COMFY = False
+
+# The pack's own shipped weights (the small default model) live in core/default_model/<folder>/.
+PACK_MODELS_DIR = Path(__file__).resolve().parent.parent / "core" / "default_model"
+# Outside ComfyUI, model folders are looked up under this directory (or the env var).
+FALLBACK_MODELS_ENV = "FLOWDIT_MODELS_DIR"
+MODEL_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".ckpt")
+
+
+class Interrupted(Exception):
+    """Raised in the fallback when a cancel was requested (ComfyUI raises its own)."""
+
+
+# ---------------------------------------------------------------------------------------- devices
+
+def torch_device() -> torch.device:
+    if HAVE_COMFY:
+        return _mm.get_torch_device()
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def offload_device() -> torch.device:
+    return _mm.unet_offload_device() if HAVE_COMFY else torch.device("cpu")
+
+
+def intermediate_device() -> torch.device:
+    """Where tensors passed between nodes live (ComfyUI keeps them on the CPU)."""
+    return _mm.intermediate_device() if HAVE_COMFY else torch.device("cpu")
+
+
+def check_interrupt() -> None:
+    """Raise if the user pressed cancel in the UI (ComfyUI's own exception, so the executor
+    reports it as an interrupt and stays ready for the next prompt)."""
+    if HAVE_COMFY:
+        _mm.throw_exception_if_processing_interrupted()
+
+
+# ------------------------------------------------------------------------------------ memory
+
+class HostedModel:
+    """A torch module handed to ComfyUI's memory manager (a ModelPatcher), or kept as is.
+
+    `prepare()` loads the weights onto the compute device through `load_models_gpu`, which frees
+    VRAM held by other models first, and lets ComfyUI offload this one later when something else
+    needs the memory. The module is never copied: ComfyUI moves the same parameters.
+    """
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+        self.patcher = None
+        if HAVE_COMFY:
+            self.patcher = _patcher.ModelPatcher(module, load_device=torch_device(),
+                                                 offload_device=offload_device())
+
+    def prepare(self, memory_required: int = 0) -> torch.device:
+        """Make the weights usable on the compute device and return that device."""
+        if self.patcher is not None:
+            _mm.load_models_gpu([self.patcher], memory_required=memory_required)
+            return self.patcher.load_device
+        device = torch_device()
+        self.module.to(device)
+        return device
+
+
+# ------------------------------------------------------------------------------------ progress
+
+class Progress:
+    """A progress bar on the node (ComfyUI) or nothing (fallback)."""
+
+    def __init__(self, total: int):
+        self.total = max(int(total), 1)
+        self._bar = _utils.ProgressBar(self.total) if HAVE_COMFY else None
+
+    def update(self, done: int, preview=None) -> None:
+        if self._bar is not None:
+            self._bar.update_absolute(done, self.total, preview)
+
+
+def make_previewer(latent_channels: int):
+    """A function latent -> preview tuple for ComfyUI's progress bar, or None.
+
+    Uses ComfyUI's own latent->RGB factors of the Wan latent formats (16 or 48 channels) and
+    whatever preview method the user chose in ComfyUI's settings; other formats get no preview.
+    """
+    if not HAVE_COMFY:
+        return None
+    try:
+        import comfy.latent_formats as formats
+        import latent_preview
+    except ImportError:
+        return None
+    fmt = {16: getattr(formats, "Wan21", None), 48: getattr(formats, "Wan22", None)}.get(latent_channels)
+    if fmt is None:
+        return None
+    previewer = latent_preview.get_previewer(torch_device(), fmt())
+    if previewer is None:
+        return None
+    return lambda x0: previewer.decode_latent_to_preview_image("JPEG", x0)
+
+
+# ------------------------------------------------------------------------------------ folders
+
+def model_names(folder: str) -> list[str]:
+    """Model files a loader node offers: ComfyUI's folder (e.g. 'diffusion_models', 'vae') plus
+    the pack's own shipped weights."""
+    names = []
+    if HAVE_COMFY:
+        names = list(_folder_paths.get_filename_list(folder))
+    else:
+        base = _fallback_dir(folder)
+        if base.is_dir():
+            names = sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.suffix in MODEL_SUFFIXES)
+    shipped = PACK_MODELS_DIR / folder
+    if shipped.is_dir():
+        names += sorted(p.name for p in shipped.iterdir() if p.suffix in MODEL_SUFFIXES and p.name not in names)
+    return names
+
+
+def check_model_name(name: str) -> str | None:
+    """A reason why `name` is not an acceptable model file name, or None. Names are relative to a
+    model folder: absolute paths and `..` components are refused."""
+    if not isinstance(name, str) or not name.strip():
+        return "no model file chosen"
+    parts = Path(name.replace("\\", "/")).parts
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or ".." in parts:
+        return (f"model name {name!r} must be a file inside the model folder (no absolute paths, "
+                f"no '..'); put the file into the folder and pick it from the list")
+    return None
+
+
+def model_path(folder: str, name: str) -> Path:
+    """Full path of a model file chosen in a loader node; clear errors for bad or missing names."""
+    problem = check_model_name(name)
+    if problem:
+        raise ValueError(problem)
+    full = None
+    if HAVE_COMFY:
+        full = _folder_paths.get_full_path(folder, name)
+    else:
+        candidate = _fallback_dir(folder) / name
+        full = candidate if candidate.is_file() else None
+    if full is None and (PACK_MODELS_DIR / folder / name).is_file():
+        full = PACK_MODELS_DIR / folder / name
+    if full is None:
+        raise ValueError(f"model file {name!r} not found in the '{folder}' model folder; "
+                         f"put it into ComfyUI/models/{folder}/ and refresh the node list")
+    return Path(full)
+
+
+def _fallback_dir(folder: str) -> Path:
+    root = os.environ.get(FALLBACK_MODELS_ENV)
+    return Path(root) / folder if root else PACK_MODELS_DIR / folder
+
+
+def output_directory() -> Path:
+    if HAVE_COMFY:
+        return Path(_folder_paths.get_output_directory())
+    return Path(os.environ.get("FLOWDIT_OUTPUT_DIR", "outputs"))
