@@ -1,0 +1,18 @@
+"""Flow matching for Wan-family DiTs: schedules, ODE solvers, guidance, image conditioning, noise.
+
+Convention (DESIGN.md): sigma = 1 is noise, x_sigma = (1 - sigma) x0 + sigma eps, v = eps - x0,
+x0 = x_sigma - sigma v, t = 1000 sigma. Pure PyTorch; never imports the DiT or the VAE.
+"""
+from .conditioning import FirstFrameInjection, i2v_concat, i2v_mask, i2v_pixel_mask, i2v_pixel_video
+from .guidance import GuidedVelocity
+from .noise import initial_noise, noise_latent
+from .sampler import sample
+from .schedules import flow_sigmas, shift_sigma, sigma_curve, training_table
+from .solvers import SOLVERS, NonFiniteModelOutput, SamplingCancelled, get_solver
+
+__all__ = [
+    "FirstFrameInjection", "i2v_concat", "i2v_mask", "i2v_pixel_mask", "i2v_pixel_video",
+    "GuidedVelocity", "initial_noise", "noise_latent", "sample", "flow_sigmas", "shift_sigma",
+    "sigma_curve", "training_table", "SOLVERS", "NonFiniteModelOutput", "SamplingCancelled",
+    "get_solver",
+]

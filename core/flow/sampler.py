@@ -1,0 +1,62 @@
+"""One call from a DiT, noise and a schedule to a latent: what the nodes and the CLI use.
+
+    x = sample(dit, noise, sigmas, positive=ctx, negative=neg, cfg=5.0, solver="unipc")
+
+Composition (each piece is usable alone): GuidedVelocity (CFG around the DiT) -> optional
+FirstFrameInjection.wrap (TI2V) -> a solver from SOLVERS with the injection as its `project` hook.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .conditioning import FirstFrameInjection
+from .guidance import GuidedVelocity, Schedule
+from .noise import noise_latent
+from .solvers import SamplingCancelled, get_solver
+
+DEFAULT_PATCH = (1, 2, 2)  # Wan's patch, used only when the DiT exposes no config.patch_size
+
+
+def _patch_size_of(dit: Any) -> tuple[int, int, int]:
+    patch = getattr(getattr(dit, "config", None), "patch_size", None)
+    return tuple(patch) if patch is not None else DEFAULT_PATCH  # type: ignore[return-value]
+
+
+def sample(dit: Callable[..., torch.Tensor], noise: torch.Tensor, sigmas: torch.Tensor, *,
+           positive: torch.Tensor, negative: torch.Tensor | None = None, cfg: Schedule = 1.0,
+           solver: str = "euler", latent: torch.Tensor | None = None,
+           first_frame: torch.Tensor | None = None, i2v_concat: torch.Tensor | None = None,
+           clip_fea: torch.Tensor | None = None, batched_cfg: bool = True, pad_context: bool = False,
+           callback: Callable[[dict[str, Any]], None] | None = None,
+           should_cancel: Callable[[], bool] | None = None) -> torch.Tensor:
+    """Sample a latent [B, C, F, H, W] with the velocity DiT `dit(x, t, context, clip_fea=None)`.
+
+    noise [B, C, F, H, W] (see `noise.initial_noise`); sigmas [N + 1] (see `schedules`).
+    latent: the clean input for video-to-video; it is noised to sigmas[0] first (denoise < 1).
+    first_frame: TI2V first-frame latent z [B or 1, C, 1, H, W]; frame 0 of the result is z, bit
+    for bit. i2v_concat: Wan2.1 I2V extra channels [B, 20, F, H, W] (`conditioning.i2v_concat`).
+    positive/negative [B or 1, L, D] text contexts; cfg a float, per-step list or sigma -> w.
+    callback(info) each step (see `solvers`); should_cancel() is polled before each callback and
+    raises SamplingCancelled when true. Raises NonFiniteModelOutput on NaN/inf. The inputs are
+    never modified.
+    """
+    run_solver = get_solver(solver)
+    sigmas = torch.as_tensor(sigmas)
+    x = noise if latent is None else noise_latent(latent, noise, float(sigmas.reshape(-1)[0]))
+    model = GuidedVelocity(dit, positive, negative, cfg, sigmas=sigmas, batched=batched_cfg,
+                           pad_context=pad_context, clip_fea=clip_fea, concat=i2v_concat)
+    project = None
+    if first_frame is not None:
+        injection = FirstFrameInjection(first_frame, _patch_size_of(dit))
+        model, project = injection.wrap(model), injection.inject
+
+    def on_step(info: dict[str, Any]) -> None:
+        if should_cancel is not None and should_cancel():
+            raise SamplingCancelled(f"sampling cancelled at step {info['i'] + 1}/{info['total']}")
+        if callback is not None:
+            callback(info)
+
+    return run_solver(model, x, sigmas, callback=on_step, project=project)
