@@ -137,3 +137,23 @@ def image_batch_to_video(images: torch.Tensor) -> torch.Tensor:
     if images.ndim != 4 or images.shape[-1] < 3:
         raise ValueError(f"expected an IMAGE batch [T, H, W, 3], got shape {tuple(images.shape)}")
     return rearrange(images[..., :3].float() * 2.0 - 1.0, "T H W C -> 1 C T H W")
+
+
+def resize_center_crop(images: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Scale an IMAGE batch [T, H, W, C] to cover width x height, then crop the centre.
+
+    Keeps the aspect ratio (no stretching); bilinear with antialiasing when shrinking.
+    """
+    import torch.nn.functional as F
+    from einops import rearrange
+
+    t, h, w, c = images.shape
+    if (h, w) == (height, width):
+        return images
+    scale = max(height / h, width / w)
+    nh, nw = max(height, round(h * scale)), max(width, round(w * scale))
+    x = rearrange(images.float(), "T H W C -> T C H W")
+    x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+    top, left = (nh - height) // 2, (nw - width) // 2
+    x = x[:, :, top:top + height, left:left + width]
+    return rearrange(x, "T C H W -> T H W C").clamp(0.0, 1.0)

@@ -93,9 +93,18 @@ class Progress:
         self.total = max(int(total), 1)
         self._bar = _utils.ProgressBar(self.total) if HAVE_COMFY else None
 
-    def update(self, done: int, preview=None) -> None:
+    def update(self, done: int, total: int | None = None, preview=None) -> None:
+        if total is not None:
+            self.total = max(int(total), 1)
         if self._bar is not None:
             self._bar.update_absolute(done, self.total, preview)
+
+    def chunk_callback(self):
+        """A `(done, total)` callback for chunked core work: checks for cancel, moves the bar."""
+        def callback(done: int, total: int) -> None:
+            check_interrupt()
+            self.update(done, total)
+        return callback
 
 
 def make_previewer(latent_channels: int):
@@ -178,3 +187,27 @@ def output_directory() -> Path:
     if HAVE_COMFY:
         return Path(_folder_paths.get_output_directory())
     return Path(os.environ.get("FLOWDIT_OUTPUT_DIR", "outputs"))
+
+
+def input_directory() -> Path:
+    if HAVE_COMFY:
+        return Path(_folder_paths.get_input_directory())
+    return Path(os.environ.get("FLOWDIT_INPUT_DIR", "inputs"))
+
+
+def input_files(suffixes: tuple[str, ...]) -> list[str]:
+    """Files in ComfyUI's input folder with one of `suffixes` (what a load node offers)."""
+    base = input_directory()
+    if not base.is_dir():
+        return []
+    return sorted(p.name for p in base.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+
+
+def input_path(name: str) -> Path:
+    problem = check_model_name(name)
+    if problem:
+        raise ValueError(f"file {name!r} must be inside ComfyUI's input folder (no absolute paths, no '..')")
+    path = input_directory() / name
+    if not path.is_file():
+        raise ValueError(f"input file {name!r} not found in {input_directory()}; upload it first")
+    return path

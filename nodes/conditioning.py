@@ -1,0 +1,119 @@
+"""Image-to-video conditioning: Wan2.2 TI2V first-frame latent, and Wan2.1 I2V (mask + image
+latent channels, optional CLIP vision tokens). Both follow ComfyUI's own conventions (a LATENT with
+`noise_mask`; conditioning values `concat_latent_image` / `concat_mask` / `clip_vision_output`), so
+latents and conditioning made here also work with ComfyUI's samplers, and theirs with ours."""
+from __future__ import annotations
+
+import torch
+
+from . import host
+from .handles import VAE_TYPE
+from .latents import MAX_SIZE, SIZE_STEP, check_video_size, latent_shape
+
+
+def video_size_inputs(width=1280, height=704, length=121):
+    return {
+        "width": ("INT", {"default": width, "min": SIZE_STEP, "max": MAX_SIZE, "step": SIZE_STEP,
+                          "tooltip": "Video width in pixels; the start image is scaled and centre-cropped to it."}),
+        "height": ("INT", {"default": height, "min": SIZE_STEP, "max": MAX_SIZE, "step": SIZE_STEP,
+                           "tooltip": "Video height in pixels."}),
+        "length": ("INT", {"default": length, "min": 1, "max": 1025, "step": 4,
+                           "tooltip": "Number of frames, 4n+1."}),
+        "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Videos per run."}),
+    }
+
+
+def set_values(conditioning, values: dict):
+    """A copy of a CONDITIONING list with `values` added to every entry's options dict."""
+    return [[tensor, {**options, **values}] for tensor, options in conditioning]
+
+
+def encode_start_image(vae, start_image, width, height):
+    """Raw latent [1, C, 1, H/s, W/s] of the first image of `start_image`."""
+    from ..core.video_io import image_batch_to_video, resize_center_crop
+
+    frame = resize_center_crop(start_image[:1], width, height)
+    device = vae.hosted.prepare()
+    return vae.vae.encode_raw(image_batch_to_video(frame).to(device)).float().cpu()
+
+
+class FlowDiTTI2VFirstFrame:
+    DESCRIPTION = ("Wan2.2 TI2V: a video latent whose first frame is the encoded start image. The "
+                   "sampler keeps that frame clean (its tokens see t = 0) and re-injects it every step.")
+    CATEGORY = "FlowDiT/conditioning"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("Latent with the first frame set and a noise_mask that is 0 on it.",)
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vae": (VAE_TYPE, {"tooltip": "The VAE of the model (Wan2.2 VAE for TI2V-5B)."}),
+            "start_image": ("IMAGE", {"tooltip": "The first frame of the video."}),
+            **video_size_inputs(),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, width=None, height=None, length=None):
+        return check_video_size(width, height, length)
+
+    def build(self, vae, start_image, width, height, length, batch_size=1):
+        shape = latent_shape(vae, width, height, length, batch_size)
+        first = encode_start_image(vae, start_image, width, height)
+        samples = torch.zeros(shape)
+        samples[:, :, :1] = first
+        mask = torch.ones((batch_size, 1) + shape[2:])
+        mask[:, :, :1] = 0.0
+        device = host.intermediate_device()
+        return ({"samples": samples.to(device), "noise_mask": mask.to(device)},)
+
+
+class FlowDiTI2VConditioning:
+    DESCRIPTION = ("Wan2.1 I2V-14B: adds the start image (as image-latent channels plus a mask) and, "
+                   "optionally, CLIP vision tokens to both conditionings; returns an empty latent.")
+    CATEGORY = "FlowDiT/conditioning"
+    RETURN_TYPES = ("CONDITIONING", "CONDITIONING", "LATENT")
+    RETURN_NAMES = ("positive", "negative", "latent")
+    FUNCTION = "build"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "positive": ("CONDITIONING", {"tooltip": "Text conditioning (umT5)."}),
+            "negative": ("CONDITIONING", {"tooltip": "Negative text conditioning."}),
+            "vae": (VAE_TYPE, {"tooltip": "The Wan2.1 VAE."}),
+            "start_image": ("IMAGE", {"tooltip": "The first frame of the video."}),
+            **video_size_inputs(832, 480, 81),
+        }, "optional": {
+            "clip_vision_output": ("CLIP_VISION_OUTPUT", {"tooltip":
+                                   "From ComfyUI's CLIPVisionEncode (clip_vision_h), for the image tokens."}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, width=None, height=None, length=None):
+        return check_video_size(width, height, length)
+
+    def build(self, positive, negative, vae, start_image, width, height, length, batch_size=1,
+              clip_vision_output=None):
+        from ..core.video_io import image_batch_to_video, resize_center_crop
+
+        shape = latent_shape(vae, width, height, length, batch_size)
+        # The image latent is the encoding of [start image, then gray frames] over the whole clip.
+        frames = torch.full((length, height, width, 3), 0.5)
+        frames[:1] = resize_center_crop(start_image[:1], width, height)
+        device = vae.hosted.prepare()
+        image_latent = vae.vae.encode_raw(image_batch_to_video(frames).to(device)).float().cpu()
+        mask = torch.ones((1, 1) + shape[2:])
+        mask[:, :, :1] = 0.0
+        values = {"concat_latent_image": image_latent, "concat_mask": mask}
+        if clip_vision_output is not None:
+            values["clip_vision_output"] = clip_vision_output
+        latent = {"samples": torch.zeros(shape, device=host.intermediate_device())}
+        return (set_values(positive, values), set_values(negative, values), latent)
+
+
+NODE_CLASS_MAPPINGS = {"FlowDiTTI2VFirstFrame": FlowDiTTI2VFirstFrame,
+                       "FlowDiTI2VConditioning": FlowDiTI2VConditioning}
+NODE_DISPLAY_NAME_MAPPINGS = {"FlowDiTTI2VFirstFrame": "TI2V First-Frame Latent (FlowDiT)",
+                              "FlowDiTI2VConditioning": "I2V Conditioning (FlowDiT, Wan2.1)"}

@@ -1,0 +1,69 @@
+"""Empty video latent whose channel count and strides come from the chosen VAE."""
+from __future__ import annotations
+
+import torch
+
+from . import host
+from .handles import VAE_TYPE
+
+MAX_SIZE = 8192
+SIZE_STEP = 16       # the finest pixel grid any supported VAE+patch accepts; the VAE checks its own
+
+
+def check_video_size(width=None, height=None, length=None):
+    """VALIDATE_INPUTS helper: a reason string for an impossible size, or True."""
+    if length is not None and (length < 1 or (length - 1) % 4):
+        lo = max(1, 4 * ((length - 1) // 4) + 1)
+        return f"length {length} is not 4n+1 frames; use {lo} or {lo + 4}"
+    for name, value in (("width", width), ("height", height)):
+        if value is not None and value % SIZE_STEP:
+            lo = max(SIZE_STEP, value - value % SIZE_STEP)
+            return f"{name} {value} is not a multiple of {SIZE_STEP}; use {lo} or {lo + SIZE_STEP}"
+    return True
+
+
+def latent_shape(vae, width: int, height: int, length: int, batch: int) -> tuple[int, ...]:
+    """[B, C, F, H, W] of the latent that `vae` makes from `length` frames of width x height."""
+    s, ts = vae.spatial_stride, vae.temporal_stride
+    if width % s or height % s:
+        raise ValueError(f"{width}x{height} is not divisible by this VAE's stride {s}; use "
+                         f"{width - width % s or s}x{height - height % s or s}")
+    if (length - 1) % ts:
+        raise ValueError(f"length {length} must be {ts}n+1 frames for this VAE")
+    return (batch, vae.latent_channels, (length - 1) // ts + 1, height // s, width // s)
+
+
+class FlowDiTEmptyVideoLatent:
+    DESCRIPTION = "An empty (all-zero) video latent sized for the chosen VAE, to start text-to-video."
+    CATEGORY = "FlowDiT/latent"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("A zero latent [B, C, F, H/s, W/s] in ComfyUI's raw latent convention.",)
+    FUNCTION = "generate"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vae": (VAE_TYPE, {"tooltip": "Sets the latent channels and strides (Wan2.1: 16ch x8, "
+                                          "Wan2.2: 48ch x16)."}),
+            "width": ("INT", {"default": 832, "min": SIZE_STEP, "max": MAX_SIZE, "step": SIZE_STEP,
+                              "tooltip": "Video width in pixels (multiple of 16; 32 for Wan2.2)."}),
+            "height": ("INT", {"default": 480, "min": SIZE_STEP, "max": MAX_SIZE, "step": SIZE_STEP,
+                               "tooltip": "Video height in pixels (multiple of 16; 32 for Wan2.2)."}),
+            "length": ("INT", {"default": 81, "min": 1, "max": 1025, "step": 4,
+                               "tooltip": "Number of frames, 4n+1 (1 = a single image)."}),
+            "batch_size": ("INT", {"default": 1, "min": 1, "max": 64,
+                                   "tooltip": "How many videos to generate at once."}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, width=None, height=None, length=None):
+        return check_video_size(width, height, length)
+
+    def generate(self, vae, width, height, length, batch_size=1):
+        shape = latent_shape(vae, width, height, length, batch_size)
+        return ({"samples": torch.zeros(shape, device=host.intermediate_device())},)
+
+
+NODE_CLASS_MAPPINGS = {"FlowDiTEmptyVideoLatent": FlowDiTEmptyVideoLatent}
+NODE_DISPLAY_NAME_MAPPINGS = {"FlowDiTEmptyVideoLatent": "Empty FlowDiT Video Latent"}

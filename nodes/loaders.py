@@ -1,0 +1,113 @@
+"""Loader nodes: the DiT from `diffusion_models` (and `unet`), the causal VAE from `vae`."""
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from . import host
+from .handles import MODEL_TYPE, VAE_TYPE, ModelHandle, VAEHandle
+
+WEIGHT_DTYPES = {
+    "default": None,                       # keep the file's dtype
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+    "fp8_e4m3fn": torch.float8_e4m3fn,
+    "fp8_e5m2": torch.float8_e5m2,
+}
+# Optional attention kernels, offered only when their package is importable.
+OPTIONAL_ATTENTION = {"flash_attn": "flash_attn", "sageattention": "sageattention"}
+
+
+def attention_choices() -> list[str]:
+    """SDPA always; flash-attn / SageAttention only where installed (checked without importing)."""
+    return ["sdpa"] + [name for name, pkg in OPTIONAL_ATTENTION.items()
+                       if importlib.util.find_spec(pkg) is not None]
+
+
+def compute_dtype_for(device: torch.device) -> torch.dtype:
+    """bf16 activations on GPUs that support it, fp16 on older GPUs, fp32 on the CPU."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _validate_name(folder: str, name: str):
+    problem = host.check_model_name(name)
+    return True if problem is None else problem
+
+
+class FlowDiTLoader:
+    DESCRIPTION = ("Loads a Wan-family video DiT (Wan2.1 T2V/I2V, Wan2.2 TI2V-5B, or the pack's own "
+                   "small model). The configuration is detected from the file.")
+    CATEGORY = "FlowDiT/loaders"
+    RETURN_TYPES = (MODEL_TYPE,)
+    RETURN_NAMES = ("model",)
+    OUTPUT_TOOLTIPS = ("The diffusion transformer, managed by ComfyUI's memory manager.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_name": (host.model_names("diffusion_models"), {
+                "tooltip": "A DiT checkpoint in ComfyUI/models/diffusion_models (official Wan "
+                           ".safetensors/.pth or ComfyUI's repackaged file)."}),
+            "weight_dtype": (list(WEIGHT_DTYPES), {
+                "default": "default",
+                "tooltip": "How the weights are stored in memory. 'default' keeps the file's dtype; "
+                           "fp8 halves memory again and upcasts each layer when it runs."}),
+            "attention": (attention_choices(), {
+                "default": "sdpa",
+                "tooltip": "Attention kernel. PyTorch SDPA always works; flash-attn and "
+                           "SageAttention appear only when installed."}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model_name=None):
+        return _validate_name("diffusion_models", model_name) if model_name is not None else True
+
+    def load(self, model_name, weight_dtype="default", attention="sdpa"):
+        from ..core.dit.loader import load_dit
+
+        path = host.model_path("diffusion_models", model_name)
+        device = host.torch_device()
+        compute = compute_dtype_for(device)
+        module = load_dit(path, device="cpu", dtype=compute, weight_dtype=WEIGHT_DTYPES[weight_dtype],
+                          attention=attention)
+        module.eval().requires_grad_(False)
+        return (ModelHandle(hosted=host.HostedModel(module), name=model_name, compute_dtype=compute),)
+
+
+class FlowDiTVAELoader:
+    DESCRIPTION = ("Loads a Wan-family causal video VAE (Wan2.1: 16 channels, x8; Wan2.2: 48 "
+                   "channels, x16; or the pack's own small VAE). The version is detected from the file.")
+    CATEGORY = "FlowDiT/loaders"
+    RETURN_TYPES = (VAE_TYPE,)
+    RETURN_NAMES = ("vae",)
+    OUTPUT_TOOLTIPS = ("The causal VAE: encodes frames to latents and decodes them back.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "vae_name": (host.model_names("vae"), {
+                "tooltip": "A VAE file in ComfyUI/models/vae (Wan2.1_VAE.pth, wan_2.1_vae.safetensors, "
+                           "Wan2.2_VAE.pth, wan2.2_vae.safetensors, or the pack's own)."}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, vae_name=None):
+        return _validate_name("vae", vae_name) if vae_name is not None else True
+
+    def load(self, vae_name):
+        from ..core.vae.loader import load_vae
+
+        path = host.model_path("vae", vae_name)
+        vae = load_vae(path, device="cpu", dtype=torch.float32)
+        module = vae if isinstance(vae, torch.nn.Module) else vae.model
+        module.eval().requires_grad_(False)
+        return (VAEHandle(vae=vae, hosted=host.HostedModel(module), name=vae_name),)
+
+
+NODE_CLASS_MAPPINGS = {"FlowDiTLoader": FlowDiTLoader, "FlowDiTVAELoader": FlowDiTVAELoader}
+NODE_DISPLAY_NAME_MAPPINGS = {"FlowDiTLoader": "Load FlowDiT", "FlowDiTVAELoader": "Load Causal VAE"}

@@ -1,0 +1,86 @@
+"""Every shipped workflow loads: registered node types, the right number of widget values, links
+that connect existing slots of matching types, and an API twin with the same graph."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests" / "tools"))
+from workflow_graph import NATIVE_SPECS, VIRTUAL_NODES, spec_from_class, ui_widget_count  # noqa: E402
+
+UI_FILES = sorted((ROOT / "workflows").glob("*.json"))
+
+
+@pytest.fixture(scope="module")
+def spec_of(pack):
+    out = dict(NATIVE_SPECS)
+    out.update({name: spec_from_class(cls) for name, cls in pack.NODE_CLASS_MAPPINGS.items()})
+    return out
+
+
+def test_workflows_are_shipped():
+    names = {p.stem for p in UI_FILES}
+    assert {"wan2.2_ti2v_5b_text_to_video", "wan2.2_ti2v_5b_image_to_video",
+            "wan2.1_t2v_1.3b_text_to_video", "wan2.1_t2v_1.3b_video_to_video"} <= names
+    for p in UI_FILES:
+        assert (ROOT / "workflows" / "api" / p.name).is_file(), f"{p.name} has no API twin"
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_ui_workflow_is_consistent(path, spec_of):
+    wf = json.loads(path.read_text())
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    assert len(nodes) == len(wf["nodes"]), "duplicate node ids"
+    assert wf["last_node_id"] >= max(nodes)
+    assert any(n["type"] == "Note" for n in nodes.values()), "a Note must say which files go where"
+    for n in nodes.values():
+        assert n["type"] in spec_of, f"node {n['id']}: unknown type {n['type']}"
+        spec = spec_of[n["type"]]
+        assert len(n["widgets_values"]) == ui_widget_count(spec), (
+            f"node {n['id']} ({n['type']}): {len(n['widgets_values'])} widget values, expected "
+            f"{ui_widget_count(spec)}")
+        assert [i["name"] for i in n["inputs"]] == [s for s, _ in spec.sockets]
+        for i, (name, typ) in zip(n["inputs"], spec.sockets):
+            assert i["link"] is not None, f"node {n['id']} input {name} is not connected"
+    link_ids = set()
+    for link_id, src, src_slot, dst, dst_slot, typ in wf["links"]:
+        link_ids.add(link_id)
+        assert src in nodes and dst in nodes, f"link {link_id} joins missing nodes"
+        out_name, out_type = spec_of[nodes[src]["type"]].outputs[src_slot]
+        in_name, in_type = spec_of[nodes[dst]["type"]].sockets[dst_slot]
+        assert out_type == in_type == typ, f"link {link_id}: {out_type} -> {in_type} ({typ})"
+        assert nodes[dst]["inputs"][dst_slot]["link"] == link_id
+        assert link_id in nodes[src]["outputs"][src_slot]["links"]
+    assert len(link_ids) == len(wf["links"]) and wf["last_link_id"] >= max(link_ids)
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_api_twin_matches_ui(path, spec_of):
+    ui = json.loads(path.read_text())
+    api = json.loads((ROOT / "workflows" / "api" / path.name).read_text())
+    real = {n["id"]: n for n in ui["nodes"] if n["type"] not in VIRTUAL_NODES}
+    assert set(api) == {str(i) for i in real}
+    links = {lid: (src, slot) for lid, src, slot, *_ in ui["links"]}
+    for nid, entry in api.items():
+        n = real[int(nid)]
+        assert entry["class_type"] == n["type"]
+        spec = spec_of[n["type"]]
+        missing = [name for name in spec.required if name not in entry["inputs"]]
+        assert not missing, f"API node {nid} lacks required inputs {missing}"
+        for socket in n["inputs"]:
+            src, slot = links[socket["link"]]
+            assert entry["inputs"][socket["name"]] == [str(src), slot]
+        widget_values = [v for v in n["widgets_values"] if v not in ("fixed", "image")]
+        api_values = [entry["inputs"][w] for w in spec.widgets]
+        assert api_values == widget_values[:len(api_values)]
+
+
+def test_scheduler_shift_matches_wan_default():
+    # Wan's reference samples with shift 5 (t2v, ti2v); the shipped workflows follow it.
+    for path in UI_FILES:
+        wf = json.loads(path.read_text())
+        for n in wf["nodes"]:
+            if n["type"] == "FlowDiTScheduler":
+                assert n["widgets_values"][1] == 5.0
