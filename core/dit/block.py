@@ -1,0 +1,58 @@
+"""One Wan transformer block: AdaLN-modulated self-attention, cross-attention, AdaLN-modulated FFN.
+
+    x = x + gate_sa · SelfAttn(LN(x) · (1 + scale_sa) + shift_sa)
+    x = x + CrossAttn(norm3(x), text [, image])
+    x = x + gate_ff · FFN(LN(x) · (1 + scale_ff) + shift_ff)
+
+The six vectors (shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff), in that order, are the
+block's learned `modulation` [1, 6, D] plus the projected timestep embedding. The residual stream,
+the norms and the modulation stay in float32 (the reference's fp32 islands); the linear layers and
+attention run in the compute dtype.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention import AttentionFn, CrossAttention, SelfAttention
+from .config import DiTConfig
+from .ops import island_dtype
+from .timestep import TokenTimes
+
+
+class WanBlock(nn.Module):
+    def __init__(self, config: DiTConfig, ops, **factory) -> None:
+        super().__init__()
+        dim, eps = config.dim, config.eps
+        self.norm1 = ops.LayerNorm(dim, eps=eps, elementwise_affine=False, **factory)
+        self.self_attn = SelfAttention(dim, config.num_heads, config.qk_norm, eps, ops, **factory)
+        self.norm3 = (ops.LayerNorm(dim, eps=eps, elementwise_affine=True, **factory)
+                      if config.cross_attn_norm else nn.Identity())
+        self.cross_attn = CrossAttention(dim, config.num_heads, config.qk_norm, eps,
+                                         config.has_image_branch, ops, **factory)
+        self.norm2 = ops.LayerNorm(dim, eps=eps, elementwise_affine=False, **factory)
+        self.ffn = nn.Sequential(ops.Linear(dim, config.ffn_dim, **factory),
+                                 nn.GELU(approximate="tanh"),
+                                 ops.Linear(config.ffn_dim, dim, **factory))
+        self.modulation = nn.Parameter(torch.empty(1, 6, dim, **factory))
+
+    def forward(self, x: torch.Tensor, times: TokenTimes, context: torch.Tensor,
+                context_img: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor],
+                attn: AttentionFn, compute_dtype: torch.dtype) -> torch.Tensor:
+        """x: [B, L, D] residual stream (float32); times.table: [U, 6, D] projected timestep
+        embeddings; context: [B, Lc, D] and context_img: [B, Li, D] in the compute dtype."""
+        island = x.dtype
+        assert island == island_dtype(compute_dtype), (island, compute_dtype)
+        mods = self.modulation.to(island) + times.table                 # [U, 6, D]
+
+        def mod(i: int) -> torch.Tensor:                                # each token's vector i
+            return times.pick(mods[:, i])                               # [B, Lt, D]
+
+        h = torch.addcmul(mod(0), self.norm1(x), 1 + mod(1))            # [B, L, D]
+        h = self.self_attn(h.to(compute_dtype), rope, attn)             # [B, L, D]
+        x = torch.addcmul(x, h.to(island), mod(2))                      # [B, L, D]
+        h = self.cross_attn(self.norm3(x).to(compute_dtype), context, context_img, attn)
+        x = x + h.to(island)                                            # [B, L, D]
+        h = torch.addcmul(mod(3), self.norm2(x), 1 + mod(4))            # [B, L, D]
+        h = self.ffn(h.to(compute_dtype))                               # [B, L, D]
+        return torch.addcmul(x, h.to(island), mod(5))                   # [B, L, D]

@@ -1,0 +1,168 @@
+"""The DiT configuration, the named presets, and detection of the configuration from the keys and
+shapes of a (prefix-stripped) state dict alone, so the user never types a config.
+
+Detection needs only shapes, so it works on meta tensors (`read_state_dict(path, device="meta")`).
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..checkpoint import summarize_keys
+
+MODEL_TYPES = ("t2v", "i2v", "ti2v")
+
+# Every released Wan2.1/2.2 DiT uses 128-wide attention heads (num_heads = dim / 128); no key
+# stores the head count, so detection relies on this.
+WAN_HEAD_DIM = 128
+# FlowDiT's own small models (the tiny test presets, the pack's default model) are narrower than
+# any released Wan model; below this width detection assumes 32-wide heads instead.
+SMALL_MODEL_MAX_DIM = 1023
+SMALL_HEAD_DIM = 32
+# Wan2.2 TI2V-5B works in the 48-channel latent space of the Wan2.2 VAE.
+TI2V_CHANNELS = 48
+# Width of the CLIP ViT-H/14 penultimate features that the I2V image branch consumes (257 tokens).
+CLIP_VISION_DIM = 1280
+
+# Keys every Wan DiT has; their absence means the file is some other model.
+REQUIRED_KEYS = ("patch_embedding.weight", "text_embedding.0.weight", "time_embedding.0.weight",
+                 "time_projection.1.weight", "head.head.weight", "head.modulation",
+                 "blocks.0.self_attn.q.weight", "blocks.0.ffn.0.weight", "blocks.0.modulation")
+
+_BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Shape of a Wan-family video DiT. Field names follow the official Wan code."""
+
+    model_type: str = "t2v"              # 't2v' text-to-video, 'i2v' image-to-video (CLIP branch), 'ti2v' Wan2.2 48-ch
+    patch_size: tuple[int, int, int] = (1, 2, 2)  # latent (frames, height, width) folded into one token
+    in_dim: int = 16                     # latent channels fed in (i2v: 16 noise + 4 mask + 16 image = 36)
+    out_dim: int = 16                    # latent channels of the predicted velocity
+    dim: int = 1536                      # transformer width D
+    ffn_dim: int = 8960                  # hidden width of each block's GELU MLP
+    freq_dim: int = 256                  # width of the sinusoidal timestep embedding
+    text_dim: int = 4096                 # width of the text context (umT5-XXL hidden size)
+    num_heads: int = 12                  # attention heads Nh; head dim Dh = dim / num_heads
+    num_layers: int = 30                 # number of transformer blocks
+    eps: float = 1e-6                    # epsilon of the LayerNorms and q/k RMSNorms
+    qk_norm: bool = True                 # RMSNorm on queries and keys (all released Wan models)
+    cross_attn_norm: bool = True         # affine LayerNorm `norm3` before cross-attention
+    image_dim: int = CLIP_VISION_DIM     # width of CLIP vision features; used only when model_type == 'i2v'
+    rope_theta: float = 10000.0          # RoPE base frequency
+
+    def __post_init__(self) -> None:
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
+        if len(self.patch_size) != 3 or any(int(p) < 1 for p in self.patch_size):
+            raise ValueError(f"patch_size must be three positive ints (F, H, W), got {self.patch_size}")
+        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        for name in ("in_dim", "out_dim", "dim", "ffn_dim", "freq_dim", "text_dim", "num_heads",
+                     "num_layers", "image_dim"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.freq_dim % 2:
+            raise ValueError(f"freq_dim must be even (cos and sin halves), got {self.freq_dim}")
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} does not split into {self.num_heads} heads")
+        head_dim = self.dim // self.num_heads
+        # 3D RoPE rotates pairs of channels and gives each of the 3 axes at least one pair.
+        if head_dim % 2 or head_dim < 6:
+            raise ValueError(f"head dim {head_dim} (= dim / num_heads) must be even and at least 6 "
+                             f"for the 3D RoPE split between frame, height and width")
+        if self.eps <= 0:
+            raise ValueError(f"eps must be positive, got {self.eps}")
+        if self.model_type == "ti2v" and self.in_dim != self.out_dim:
+            raise ValueError(f"a ti2v model denoises its own latent: in_dim ({self.in_dim}) must "
+                             f"equal out_dim ({self.out_dim})")
+        if self.model_type == "i2v" and self.in_dim <= self.out_dim:
+            raise ValueError(f"an i2v model takes the noisy latent plus mask and image channels: "
+                             f"in_dim ({self.in_dim}) must exceed out_dim ({self.out_dim})")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def has_image_branch(self) -> bool:
+        """Whether the model has `img_emb` and `k_img`/`v_img` for CLIP vision features."""
+        return self.model_type == "i2v"
+
+    def __str__(self) -> str:
+        return (f"Wan DiT {self.model_type}: dim {self.dim}, {self.num_layers} layers, "
+                f"{self.num_heads} heads, ffn {self.ffn_dim}, in/out channels "
+                f"{self.in_dim}/{self.out_dim}, text width {self.text_dim}")
+
+
+PRESETS: dict[str, DiTConfig] = {
+    "wan2.1-t2v-1.3b": DiTConfig("t2v", dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
+    "wan2.1-t2v-14b": DiTConfig("t2v", dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
+    "wan2.1-i2v-14b": DiTConfig("i2v", in_dim=36, dim=5120, ffn_dim=13824, num_heads=40,
+                                num_layers=40),
+    "wan2.2-ti2v-5b": DiTConfig("ti2v", in_dim=48, out_dim=48, dim=3072, ffn_dim=14336,
+                                num_heads=24, num_layers=30),
+    # Tiny models for tests: head dim 32 splits 12/10/10 between the RoPE axes.
+    "tiny-t2v": DiTConfig("t2v", dim=64, ffn_dim=128, num_heads=2, num_layers=2),
+    "tiny-i2v": DiTConfig("i2v", in_dim=36, dim=64, ffn_dim=128, num_heads=2, num_layers=2),
+    "tiny-ti2v": DiTConfig("ti2v", in_dim=48, out_dim=48, dim=64, ffn_dim=128, num_heads=2,
+                           num_layers=2),
+}
+
+
+def get_preset(name: str, **overrides) -> DiTConfig:
+    """A preset by name, optionally with some fields replaced (e.g. num_layers=2)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown DiT preset {name!r}; choose one of {sorted(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
+
+
+def heads_for_dim(dim: int) -> int:
+    """The head count detection assumes for a model of width `dim` (see WAN_HEAD_DIM)."""
+    head_dim = SMALL_HEAD_DIM if dim <= SMALL_MODEL_MAX_DIM else WAN_HEAD_DIM
+    if dim % head_dim:
+        raise ValueError(f"model width {dim} is not a multiple of the {head_dim}-wide heads that "
+                         f"Wan models of this size use")
+    return dim // head_dim
+
+
+def detect_config(sd: Mapping[str, torch.Tensor]) -> DiTConfig:
+    """The DiTConfig of an official-layout (prefix-stripped) Wan DiT state dict, from shapes only."""
+    missing = [k for k in REQUIRED_KEYS if k not in sd]
+    if missing:
+        raise ValueError(
+            f"not a Wan DiT state dict: expected keys such as {', '.join(REQUIRED_KEYS[:4])}, "
+            f"but {', '.join(missing[:3])} are missing; found keys: {summarize_keys(sd.keys())}")
+    head = sd["head.head.weight"].shape
+    patch = tuple(sd["patch_embedding.weight"].shape[2:])
+    dim, in_dim = sd["patch_embedding.weight"].shape[:2]
+    if len(patch) != 3 or head[0] % max(1, math.prod(patch)):
+        raise ValueError(f"patch_embedding.weight has shape {tuple(sd['patch_embedding.weight'].shape)} "
+                         f"and head.head.weight {tuple(head)}; expected a 3D patch "
+                         f"[dim, in_dim, pf, ph, pw] and a head of pf*ph*pw*out_dim rows")
+    out_dim = head[0] // math.prod(patch)
+    num_layers = 1 + max(int(m.group(1)) for k in sd if (m := _BLOCK_KEY.match(k)))
+    if any(f"blocks.{i}.modulation" not in sd for i in range(num_layers)):
+        raise ValueError(f"the block numbering has gaps (expected blocks 0..{num_layers - 1}); "
+                         f"the checkpoint is incomplete — download it again")
+    has_image = "img_emb.proj.0.weight" in sd
+    if has_image:
+        model_type = "i2v"
+    elif in_dim == out_dim == TI2V_CHANNELS:
+        model_type = "ti2v"
+    else:
+        model_type = "t2v"
+    return DiTConfig(
+        model_type=model_type, patch_size=patch, in_dim=int(in_dim), out_dim=int(out_dim),
+        dim=int(dim), ffn_dim=int(sd["blocks.0.ffn.0.weight"].shape[0]),
+        freq_dim=int(sd["time_embedding.0.weight"].shape[1]),
+        text_dim=int(sd["text_embedding.0.weight"].shape[1]),
+        num_heads=heads_for_dim(int(dim)), num_layers=num_layers,
+        qk_norm="blocks.0.self_attn.norm_q.weight" in sd,
+        cross_attn_norm="blocks.0.norm3.weight" in sd,
+        image_dim=int(sd["img_emb.proj.0.weight"].shape[0]) if has_image else CLIP_VISION_DIM)
+

@@ -1,0 +1,36 @@
+"""Random weights in the official Wan key layout, for tests and benchmarks (nothing here can
+download real checkpoints). Unlike `initialize_weights()`, nothing is zeroed, so every path of
+the model contributes to the output.
+"""
+from __future__ import annotations
+
+import torch
+
+from .config import DiTConfig
+from .model import WanDiT
+
+
+def random_state_dict(config: DiTConfig, seed: int = 0, dtype: torch.dtype = torch.float32,
+                      device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """{official key: tensor} for `config`, deterministic in `seed`.
+
+    device="meta" gives shapes only (cheap even for 14B). Scales keep activations O(1): weights
+    N(0, 1/fan_in), biases N(0, 0.02²), norm gains 1 + N(0, 0.1²), modulation N(0, 0.1²).
+    """
+    shapes = {k: v.shape for k, v in WanDiT(config, device="meta").state_dict().items()}
+    if torch.device(device).type == "meta":
+        return {k: torch.empty(s, dtype=dtype, device="meta") for k, s in shapes.items()}
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, shape in shapes.items():
+        noise = torch.randn(shape, generator=gen)
+        if key.endswith("modulation"):
+            value = 0.1 * noise
+        elif len(shape) >= 2:
+            value = noise / shape[1:].numel() ** 0.5
+        elif "norm" in key or key.startswith("img_emb.proj.0.") or key.startswith("img_emb.proj.4."):
+            value = (1 + 0.1 * noise) if key.endswith("weight") else 0.02 * noise
+        else:
+            value = 0.02 * noise
+        out[key] = value.to(device=device, dtype=dtype)
+    return out
