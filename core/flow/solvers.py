@@ -263,11 +263,11 @@ def sample_unipc(model: Model, x: torch.Tensor, sigmas: torch.Tensor, extra_args
         s, t = run.s[i], run.s[i + 1]
         v = run.velocity(x, i, s)
         m = denoised_from_velocity(x, s, v)
+        run.report(i, x, m)  # the pair the model saw, before the correction moves x
         if prev_x is not None:  # UniC: correct x_i with the new evaluation
             s_prev, m_prev = hist[-1]
             older = hist[-2] if last_order == 2 else None
             x = run.end_step(_unipc_update(prev_x, s_prev, s, m_prev, older, last_order, m))
-        run.report(i, x, m)
         hist = (hist + [(s, m)])[-2:]
         order = 2 if (i >= 1 and i < run.n - 1 and hist[0][0] < 1.0) else 1
         prev_x = x
