@@ -112,9 +112,18 @@ def detect_config(sd: dict[str, torch.Tensor]) -> VAEConfig:
     Raises ValueError naming what was expected and what was found for anything that is not a
     Wan2.1/Wan2.2 VAE.
     """
-    from ..checkpoint import strip_prefix, summarize_keys
+    from ..checkpoint import strip_prefix
 
     sd = strip_prefix(sd, marker_key=MARKER_KEY)
+    try:
+        return _detect(sd)
+    except (KeyError, IndexError) as err:  # a key the layout implies is absent: damaged file
+        raise ValueError(f"incomplete Wan VAE state dict: {err} is missing") from err
+
+
+def _detect(sd: dict[str, torch.Tensor]) -> VAEConfig:
+    from ..checkpoint import summarize_keys
+
     needed = (MARKER_KEY, "encoder.conv1.weight", "decoder.head.0.gamma", "conv2.weight")
     if not all(k in sd for k in needed):
         raise ValueError(f"expected a Wan VAE state dict with keys like {MARKER_KEY!r}, "

@@ -57,14 +57,15 @@ class WanVAEModel(nn.Module):
 
     @torch.no_grad()
     def encode_stream(self, video: torch.Tensor, progress: Progress | None = None,
-                      chunked: bool = True) -> torch.Tensor:
-        """[B, C, T, H, W] -> raw latent mean [B, z, F, H/s, W/s], F = (T-1)//4 + 1."""
+                      chunked: bool = True, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """[B, C, T, H, W] -> raw latent mean [B, z, F, H/s, W/s], F = (T-1)//4 + 1, in
+        `out_dtype` (default: the weights' dtype)."""
         cfg, (b, _, t, h, w) = self.config, video.shape
         ts, s = cfg.temporal_stride, cfg.spatial_stride
         assert (t - 1) % ts == 0 and h % s == 0 and w % s == 0, video.shape
         z = cfg.z_dim
         out = torch.empty(b, z, (t - 1) // ts + 1, h // s, w // s,
-                          dtype=self.conv1.weight.dtype, device=video.device)
+                          dtype=out_dtype or self.conv1.weight.dtype, device=video.device)
         cache, done = FeatureCache(), 0
         chunks = list(self._chunks(t, 1, ts, chunked))
         weight, bias = self.conv1.weight[:z], self.conv1.bias[:z]  # only the mean half is used
@@ -80,13 +81,14 @@ class WanVAEModel(nn.Module):
 
     @torch.no_grad()
     def decode_stream(self, latent: torch.Tensor, progress: Progress | None = None,
-                      chunked: bool = True) -> torch.Tensor:
-        """Raw latent [B, z, F, h, w] -> pixels [B, C, 4(F-1)+1, h*s, w*s], not clamped."""
+                      chunked: bool = True, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Raw latent [B, z, F, h, w] -> pixels [B, C, 4(F-1)+1, h*s, w*s], not clamped, in
+        `out_dtype` (default: the weights' dtype)."""
         cfg, (b, _, f, h, w) = self.config, latent.shape
         ts, s = cfg.temporal_stride, cfg.spatial_stride
         dtype = self.conv2.weight.dtype
         out = torch.empty(b, cfg.image_channels, ts * (f - 1) + 1, h * s, w * s,
-                          dtype=dtype, device=latent.device)
+                          dtype=out_dtype or dtype, device=latent.device)
         x = self.conv2(latent.to(dtype), FeatureCache())          # 1x1x1: no past needed
         cache, done = FeatureCache(), 0
         chunks = list(self._chunks(f, 1, 1, chunked))
@@ -99,3 +101,17 @@ class WanVAEModel(nn.Module):
                 progress(i + 1, len(chunks))
         assert done == out.shape[2], (done, out.shape)
         return out
+
+
+def random_state_dict(config: VAEConfig, seed: int = 0,
+                      dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """Random weights in the official key layout: PyTorch's default initialisation, with the
+    RMSNorm scales also drawn around 1 so that they are exercised (tests, training from scratch)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = WanVAEModel(config)
+        sd = model.state_dict()
+        for key, value in sd.items():
+            if key.endswith("gamma"):
+                value.mul_(1 + 0.2 * torch.randn_like(value))
+    return {k: v.to(dtype) for k, v in sd.items()}
