@@ -97,7 +97,9 @@ def _read_pickle(path: Path, device: torch.device) -> StateDict:
             f"{path.name}: refused to load — the file contains Python objects that could run "
             f"code, and only plain tensors are accepted (weights_only=True). Convert it to "
             f".safetensors with a tool you trust, or use the official weights.") from err
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
+    # The weights-only unpickler meets garbage bytes with whatever error the opcode hit first.
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError, TypeError,
+            AttributeError) as err:
         raise ValueError(
             f"{path.name}: not a readable PyTorch checkpoint ({err}); the file may be truncated "
             f"— download it again") from err
