@@ -21,15 +21,18 @@ def tiling_inputs():
     }
 
 
-def tiling_option(mode: str, size: int, overlap: int):
-    """The core VAE's `tiling` argument for a node's tiling widgets."""
+def tiling_option(mode: str, size: int, overlap: int, stride: int):
+    """The core VAE's `tiling` argument for a node's tiling widgets (pixels -> latent pixels)."""
+    from ..core.vae.tiling import TileSpec
+
     if mode == "off":
         return None
     if mode == "auto":
         return "auto"
-    if overlap >= size:
-        raise ValueError(f"tile_overlap {overlap} must be smaller than tile_size {size}")
-    return (size, overlap)
+    if 2 * overlap >= size:
+        raise ValueError(f"tile_overlap {overlap} must be less than half of tile_size {size}; "
+                         f"lower the overlap or raise the tile size")
+    return TileSpec(tile=max(1, size // stride), overlap=overlap // stride)
 
 
 class FlowDiTVAEEncode:
@@ -54,7 +57,8 @@ class FlowDiTVAEEncode:
 
         device = vae.hosted.prepare()
         video = image_batch_to_video(images)
-        latent = vae.vae.encode_raw(video.to(device), tiling=tiling_option(tiling, tile_size, tile_overlap),
+        tiles = tiling_option(tiling, tile_size, tile_overlap, vae.spatial_stride)
+        latent = vae.vae.encode_raw(video.to(device), tiling=tiles,
                                     progress=host.Progress(video.shape[2]).chunk_callback())
         return ({"samples": latent.to(host.intermediate_device(), torch.float32)},)
 
@@ -82,7 +86,8 @@ class FlowDiTVAEDecode:
         if samples.ndim == 4:  # an image latent [B, C, H, W] from an image workflow
             samples = samples.unsqueeze(2)
         device = vae.hosted.prepare()
-        video = vae.vae.decode_raw(samples.to(device), tiling=tiling_option(tiling, tile_size, tile_overlap),
+        tiles = tiling_option(tiling, tile_size, tile_overlap, vae.spatial_stride)
+        video = vae.vae.decode_raw(samples.to(device), tiling=tiles,
                                    progress=host.Progress(samples.shape[2]).chunk_callback())
         return (video_to_image_batch(video).to(host.intermediate_device()),)
 
