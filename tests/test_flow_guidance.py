@@ -135,3 +135,12 @@ def test_sample_denoise_noises_the_input_first():
     ref = SOLVERS["euler"](lambda x, s: StandInDiT()(x, s * 1000.0, pos), 0.5 * clean + 0.5 * noise, sigmas)
     assert_close(out, ref, rtol=1e-14, atol=1e-14)
     assert dit.calls[0]["t"].tolist() == [500.0, 500.0]
+
+
+def test_guidance_without_negative_is_a_clear_error():
+    pos, _ = contexts()
+    with pytest.raises(ValueError, match="negative"):
+        GuidedVelocity(StandInDiT(), pos, None, cfg=5.0)
+    g = GuidedVelocity(StandInDiT(), pos, None, cfg=lambda s: 2.0)
+    with pytest.raises(ValueError, match="negative"):
+        g(latent(), torch.full((2,), 0.5, dtype=torch.float64))

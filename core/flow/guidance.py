@@ -7,6 +7,7 @@ or [B, L] on the 0..1000 scale) into the velocity model the solvers call,
     v = v_u + w (v_c - v_u)
 
 - w == 1 (at that step) calls the DiT once, on the positive context only: no negative pass.
+  Any other w needs a negative context (ValueError otherwise).
 - Otherwise, with `batched=True`, cond and uncond run as ONE forward on a doubled batch
   [x; x] with contexts [positive; negative]. Contexts of different token lengths cannot share a
   batch: they are zero-padded to the longer one when `pad_context=True` (exact for DiTs that pad
@@ -71,6 +72,9 @@ class GuidedVelocity:
         self.batched, self.pad_context = bool(batched), bool(pad_context)
         self.clip_fea, self.concat = clip_fea, concat
         self._cfg_at = self._resolve_schedule(cfg, sigmas)
+        if negative is None and isinstance(cfg, (int, float)) and float(cfg) != 1.0:
+            raise ValueError(f"cfg={cfg} needs a negative context (e.g. the empty prompt's "
+                             f"encoding); pass negative= or set cfg=1")
 
     @staticmethod
     def _resolve_schedule(cfg: Schedule, sigmas: torch.Tensor | None) -> Callable[[float], float]:
@@ -109,8 +113,11 @@ class GuidedVelocity:
         clip = None if self.clip_fea is None else _match_batch(self.clip_fea, batch, "clip_fea")
         concat = None if self.concat is None else _match_batch(self.concat, batch, "concat")
         w = self.scale_at(float(sigma.reshape(-1)[0]))
-        if w == 1.0 or self.negative is None:
+        if w == 1.0:
             return self._call(x, t, pos, clip, concat)
+        if self.negative is None:
+            raise ValueError(f"guidance scale {w} at sigma={float(sigma.reshape(-1)[0]):.4g} needs a "
+                             f"negative context; pass negative= or use cfg=1 at that step")
         neg = _match_batch(self.negative, batch, "negative")
         if self.batched and (pos.shape[1] == neg.shape[1] or self.pad_context):
             length = max(pos.shape[1], neg.shape[1])
