@@ -173,3 +173,22 @@ def test_split_schedule_stops_above_zero_and_bad_sigmas():
             SOLVERS["euler"](gaussian_velocity, eps, bad)
     with pytest.raises(ValueError, match="unknown solver"):
         get_solver("ddim")
+
+
+def test_unipc_corrector_lifts_the_order_to_three():
+    # A schedule from 0.9 to 0.1 (no sigma = 1, no step to 0). Exact end point from the flow map:
+    # x(b) = a_b mu + sqrt(V_b / V_a) (x(a) - a_a mu). UniP-2 + UniC-2 is 3rd order (Zhao et al.
+    # 2023, Thm 3.3) when the last step keeps order 2; Wan's lower-order final step caps it at 2.
+    def var(sg):
+        return (1 - sg) ** 2 * S * S + sg * sg
+    start, stop = 0.9, 0.1
+    x_a = standard_eps((1, 41))
+    exact = (1 - stop) * MU + math.sqrt(var(stop) / var(start)) * (x_a - (1 - start) * MU)
+
+    def slope(**kw):
+        steps = [32, 64, 128, 256]
+        errs = [(SOLVERS["unipc"](gaussian_velocity, x_a, torch.linspace(start, stop, n + 1,
+                 dtype=torch.float64), **kw) - exact).abs().max().item() for n in steps]
+        return math.log(errs[0] / errs[-1]) / math.log(steps[-1] / steps[0])
+    assert 2.8 <= slope(lower_order_final=False) <= 3.2
+    assert 1.6 <= slope() <= 2.2

@@ -245,7 +245,7 @@ def _unipc_update(x: torch.Tensor, s0: float, t: float, m0: torch.Tensor,
 
 def sample_unipc(model: Model, x: torch.Tensor, sigmas: torch.Tensor, extra_args: dict | None = None,
                  callback: Callback | None = None, disable: bool | None = None, *,
-                 project: Project | None = None) -> torch.Tensor:
+                 project: Project | None = None, lower_order_final: bool = True) -> torch.Tensor:
     """UniPC (Zhao et al. 2023), bh2, order 2, with the UniC corrector: the flow form of Wan's
     FlowUniPCMultistepScheduler (predict x0, lower order at the first and the last step).
 
@@ -253,6 +253,8 @@ def sample_unipc(model: Model, x: torch.Tensor, sigmas: torch.Tensor, extra_args
     call), then predict x_{i+1} with UniP. A history point at sigma = 1 (lambda = -inf) carries no
     usable difference, so the step after it runs at order 1 (Wan's own table starts just below 1
     and never meets this). The last step to sigma = 0 returns x0, as Wan's does.
+    `lower_order_final` (Wan's default True) runs the last step at order 1; False keeps order 2
+    there when the schedule stops above 0 (a step to sigma = 0 is always x0).
     """
     run = _Run(model, x, sigmas, extra_args, callback, project)
     x = run.start(x)
@@ -269,7 +271,8 @@ def sample_unipc(model: Model, x: torch.Tensor, sigmas: torch.Tensor, extra_args
             older = hist[-2] if last_order == 2 else None
             x = run.end_step(_unipc_update(prev_x, s_prev, s, m_prev, older, last_order, m))
         hist = (hist + [(s, m)])[-2:]
-        order = 2 if (i >= 1 and i < run.n - 1 and hist[0][0] < 1.0) else 1
+        last_step = i == run.n - 1 and (lower_order_final or t == 0.0)
+        order = 2 if (i >= 1 and not last_step and hist[0][0] < 1.0) else 1
         prev_x = x
         x = run.end_step(_unipc_update(x, s, t, m, hist[0] if order == 2 else None, order, None))
         last_order = order
