@@ -8,7 +8,7 @@ import torch
 
 from . import host
 from .handles import VAE_TYPE
-from .latents import MAX_SIZE, SIZE_STEP, check_video_size, latent_shape
+from .latents import MAX_LENGTH, MAX_SIZE, SIZE_STEP, check_video_size, latent_shape
 
 
 def video_size_inputs(width=1280, height=704, length=121):
@@ -17,7 +17,7 @@ def video_size_inputs(width=1280, height=704, length=121):
                           "tooltip": "Video width in pixels; the start image is scaled and centre-cropped to it."}),
         "height": ("INT", {"default": height, "min": SIZE_STEP, "max": MAX_SIZE, "step": SIZE_STEP,
                            "tooltip": "Video height in pixels."}),
-        "length": ("INT", {"default": length, "min": 1, "max": 1025, "step": 4,
+        "length": ("INT", {"default": length, "min": 1, "max": MAX_LENGTH, "step": 4,
                            "tooltip": "Number of frames, 4n+1."}),
         "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Videos per run."}),
     }

@@ -7,16 +7,27 @@ from . import host
 from .handles import VAE_TYPE
 
 MAX_SIZE = 8192
+MAX_LENGTH = 1025
 SIZE_STEP = 16       # the finest pixel grid any supported VAE+patch accepts; the VAE checks its own
 
 
 def check_video_size(width=None, height=None, length=None):
-    """VALIDATE_INPUTS helper: a reason string for an impossible size, or True."""
-    if length is not None and (length < 1 or (length - 1) % 4):
-        lo = max(1, 4 * ((length - 1) // 4) + 1)
-        return f"length {length} is not 4n+1 frames; use {lo} or {lo + 4}"
+    """VALIDATE_INPUTS helper: a reason string for an impossible size, or True.
+
+    Inputs named in VALIDATE_INPUTS skip ComfyUI's own min/max checks, so ranges are checked here.
+    """
+    if length is not None:
+        if not 1 <= length <= MAX_LENGTH:
+            return f"length {length} must be between 1 and {MAX_LENGTH} frames"
+        if (length - 1) % 4:
+            lo = 4 * ((length - 1) // 4) + 1
+            return f"length {length} is not 4n+1 frames; use {lo} or {lo + 4}"
     for name, value in (("width", width), ("height", height)):
-        if value is not None and value % SIZE_STEP:
+        if value is None:
+            continue
+        if not SIZE_STEP <= value <= MAX_SIZE:
+            return f"{name} {value} must be between {SIZE_STEP} and {MAX_SIZE} pixels"
+        if value % SIZE_STEP:
             lo = max(SIZE_STEP, value - value % SIZE_STEP)
             return f"{name} {value} is not a multiple of {SIZE_STEP}; use {lo} or {lo + SIZE_STEP}"
     return True
@@ -50,7 +61,7 @@ class FlowDiTEmptyVideoLatent:
                               "tooltip": "Video width in pixels (multiple of 16; 32 for Wan2.2)."}),
             "height": ("INT", {"default": 480, "min": SIZE_STEP, "max": MAX_SIZE, "step": SIZE_STEP,
                                "tooltip": "Video height in pixels (multiple of 16; 32 for Wan2.2)."}),
-            "length": ("INT", {"default": 81, "min": 1, "max": 1025, "step": 4,
+            "length": ("INT", {"default": 81, "min": 1, "max": MAX_LENGTH, "step": 4,
                                "tooltip": "Number of frames, 4n+1 (1 = a single image)."}),
             "batch_size": ("INT", {"default": 1, "min": 1, "max": 64,
                                    "tooltip": "How many videos to generate at once."}),

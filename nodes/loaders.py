@@ -33,8 +33,14 @@ def compute_dtype_for(device: torch.device) -> torch.dtype:
 
 
 def _validate_name(folder: str, name: str):
+    """VALIDATE_INPUTS helper. Naming the input there skips ComfyUI's own "value not in list"
+    check, so the listing is checked here too."""
     problem = host.check_model_name(name)
-    return True if problem is None else problem
+    if problem is not None:
+        return problem
+    if name not in host.model_names(folder):
+        return f"{name!r} is not in the '{folder}' model folder; put the file into ComfyUI/models/{folder}/"
+    return True
 
 
 class FlowDiTLoader:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from . import host
-from .latents import MAX_SIZE, SIZE_STEP, check_video_size
+from .latents import MAX_LENGTH, MAX_SIZE, SIZE_STEP, check_video_size
 
 
 class FlowDiTLoadVideo:
@@ -24,7 +24,7 @@ class FlowDiTLoadVideo:
                               "tooltip": "Output width; frames are scaled and centre-cropped."}),
             "height": ("INT", {"default": 480, "min": SIZE_STEP, "max": MAX_SIZE, "step": SIZE_STEP,
                                "tooltip": "Output height."}),
-            "length": ("INT", {"default": 81, "min": 1, "max": 1025, "step": 4,
+            "length": ("INT", {"default": 81, "min": 1, "max": MAX_LENGTH, "step": 4,
                                "tooltip": "Frames to keep from the start (4n+1)."}),
         }}
 

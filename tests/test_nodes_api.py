@@ -63,6 +63,9 @@ def test_validation_rejects_impossible_sizes(pack, node):
     assert isinstance(bad_length, str) and "4n+1" in bad_length and "77" in bad_length and "81" in bad_length
     bad_width = cls.VALIDATE_INPUTS(width=830, height=480, length=81)
     assert isinstance(bad_width, str) and "width" in bad_width and "816" in bad_width
+    # Named inputs skip ComfyUI's own min/max checks, so the ranges are checked too.
+    assert isinstance(cls.VALIDATE_INPUTS(width=832, height=0, length=81), str)
+    assert isinstance(cls.VALIDATE_INPUTS(width=832, height=480, length=-3), str)
 
 
 @pytest.mark.parametrize("node,arg", [("FlowDiTLoader", "model_name"), ("FlowDiTVAELoader", "vae_name")])
@@ -71,7 +74,8 @@ def test_loaders_refuse_paths_outside_the_model_folder(pack, node, arg):
     for bad in ("../../etc/passwd", "/etc/passwd", "sub/../../x.safetensors"):
         reason = cls.VALIDATE_INPUTS(**{arg: bad})
         assert isinstance(reason, str) and "model folder" in reason, bad
-    assert cls.VALIDATE_INPUTS(**{arg: "sub/model.safetensors"}) is True
+    missing = cls.VALIDATE_INPUTS(**{arg: "sub/model.safetensors"})
+    assert isinstance(missing, str) and "not in" in missing
 
 
 def test_loader_offers_only_installed_attention_backends(pack):
