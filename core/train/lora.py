@@ -1,0 +1,276 @@
+"""LoRA adapters on the DiT's linear layers: add, train (with `train`), save in ComfyUI's Wan LoRA
+key layout, and load back onto a DiT with a strength (merged into the weights, or at run time).
+
+An adapted layer W (out × in) computes  y = W x + b + strength · (alpha / rank) · up(down(x)),
+down: in -> rank (Kaiming-uniform), up: rank -> out (zeros, so a fresh adapter changes nothing).
+The adapters are child modules of the layer they adapt, so their state-dict keys are the layer's
+name plus `.lora_down.weight`, `.lora_up.weight` and `.alpha`; saved with the prefix
+`diffusion_model.` this is the "generic" layout ComfyUI's `LoraLoaderModelOnly` reads for Wan
+models (comfy/lora.py `model_lora_keys_unet` + comfy/weight_adapter/lora.py):
+
+    diffusion_model.blocks.0.self_attn.q.lora_up.weight    [out, rank]
+    diffusion_model.blocks.0.self_attn.q.lora_down.weight  [rank, in]
+    diffusion_model.blocks.0.self_attn.q.alpha             []  (scale = alpha / rank)
+
+`load_lora` also reads the other layouts ComfyUI accepts for Wan: `lora_A`/`lora_B`
+(diffusers/PEFT), `lora_unet_blocks_0_self_attn_q` names (kohya, Wan-Fun's `lora_unet__`), the
+prefixes `model.diffusion_model.`, `transformer.` or none, and full `.diff` / `.diff_b` deltas.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpointing import save_tensors
+
+# The attention (self and cross: q, k, v, o) and FFN projections of every block.
+DEFAULT_TARGETS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
+                   "cross_attn.q", "cross_attn.k", "cross_attn.v", "cross_attn.o",
+                   "ffn.0", "ffn.2")
+COMFY_PREFIX = "diffusion_model."
+# Prefixes other trainers put before the module name; most specific first.
+KNOWN_PREFIXES = ("model.diffusion_model.", "diffusion_model.", "transformer.", "")
+_PAIR_SUFFIXES = ((".lora_up.weight", ".lora_down.weight"), (".lora_B.weight", ".lora_A.weight"),
+                  (".lora.up.weight", ".lora.down.weight"), ("_lora.up.weight", "_lora.down.weight"),
+                  (".lora_B.default.weight", ".lora_A.default.weight"), (".lora_B", ".lora_A"))
+LOAD_MODES = ("merge", "runtime")
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    """Which layers get adapters, and their size."""
+
+    rank: int = 16                            # inner width r of each adapter
+    alpha: float | None = None                # scale numerator: output scaled by alpha / rank (None = rank)
+    targets: tuple[str, ...] = DEFAULT_TARGETS  # layer names inside each block (`blocks.N.<target>`)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "targets", tuple(self.targets))
+        if isinstance(self.rank, bool) or int(self.rank) != self.rank or self.rank < 1:
+            raise ValueError(f"LoRA rank must be a positive integer, got {self.rank!r}")
+        if self.alpha is not None and not (self.alpha > 0 and math.isfinite(self.alpha)):
+            raise ValueError(f"LoRA alpha must be a positive number (or None = rank), got {self.alpha}")
+        if not self.targets:
+            raise ValueError("LoRA targets must name at least one layer, e.g. 'self_attn.q'")
+
+
+@dataclass(frozen=True)
+class LoRAReport:
+    """What `load_lora` did."""
+
+    layers: tuple[str, ...]                   # module names that received a LoRA or a diff
+    ignored: tuple[str, ...] = field(default=())  # file keys that match nothing in this model
+    rank: int = 0                             # the largest rank found
+
+
+def _lora_hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+    strength = module.lora_strength
+    if strength == 0.0:
+        return output
+    down, up = module.lora_down.weight, module.lora_up.weight          # [r, in], [out, r]
+    x = inputs[0]
+    h = F.linear(F.linear(x.to(down.dtype), down), up)                # [..., out]
+    scale = module.alpha.to(h.dtype) * (strength / down.shape[0])      # alpha / rank, no sync
+    return output + (scale * h).to(output.dtype)
+
+
+def _target_layers(dit: nn.Module, targets: Sequence[str]) -> dict[str, nn.Linear]:
+    pattern = re.compile(r"(^|\.)blocks\.\d+\.(" + "|".join(re.escape(t) for t in targets) + r")$")
+    layers = {n: m for n, m in dit.named_modules() if pattern.search(n) and isinstance(m, nn.Linear)}
+    if not layers:
+        raise ValueError(f"no linear layers named blocks.N.{{{', '.join(targets)}}} in "
+                         f"{type(dit).__name__}; LoRA targets the DiT's attention and FFN layers")
+    return layers
+
+
+def _attach(layer: nn.Linear, rank: int, alpha: float, strength: float = 1.0) -> None:
+    if hasattr(layer, "lora_down"):
+        raise ValueError("this layer already has a LoRA adapter; call remove_lora(dit) first")
+    factory = {"device": layer.weight.device, "dtype": torch.float32}
+    layer.lora_down = nn.Linear(layer.in_features, rank, bias=False, **factory)
+    layer.lora_up = nn.Linear(rank, layer.out_features, bias=False, **factory)
+    layer.register_buffer("alpha", torch.tensor(float(alpha), device=layer.weight.device))
+    layer.lora_strength = float(strength)
+    layer._lora_hook_handle = layer.register_forward_hook(_lora_hook)
+
+
+def add_lora(dit: nn.Module, config: LoRAConfig = LoRAConfig(), *, freeze_base: bool = True,
+             generator: torch.Generator | None = None) -> list[nn.Parameter]:
+    """Give every target layer of `dit` a fresh adapter (up = 0: the output is unchanged) and,
+    with freeze_base, set requires_grad False on everything else. Returns the adapter parameters
+    (what `train` will optimise)."""
+    if freeze_base:
+        for p in dit.parameters():
+            p.requires_grad_(False)
+    params = []
+    alpha = float(config.alpha if config.alpha is not None else config.rank)
+    for layer in _target_layers(dit, config.targets).values():
+        _attach(layer, config.rank, alpha)
+        bound = 1.0 / math.sqrt(layer.in_features)  # kaiming_uniform_(a=sqrt(5)) of nn.Linear
+        with torch.no_grad():
+            layer.lora_down.weight.uniform_(-bound, bound, generator=generator)
+            layer.lora_up.weight.zero_()
+        params += [layer.lora_down.weight, layer.lora_up.weight]
+    return params
+
+
+def lora_layers(dit: nn.Module) -> dict[str, nn.Linear]:
+    """Module name -> adapted layer, for every layer carrying an adapter."""
+    return {n: m for n, m in dit.named_modules() if hasattr(m, "lora_down")}
+
+
+def set_lora_strength(dit: nn.Module, strength: float) -> None:
+    """Scale every run-time adapter of `dit` (0 = off, 1 = as trained)."""
+    for layer in lora_layers(dit).values():
+        layer.lora_strength = float(strength)
+
+
+def remove_lora(dit: nn.Module) -> None:
+    """Detach every run-time adapter (the base weights are untouched)."""
+    for layer in lora_layers(dit).values():
+        layer._lora_hook_handle.remove()
+        for name in ("lora_down", "lora_up", "alpha", "lora_strength", "_lora_hook_handle"):
+            delattr(layer, name)
+
+
+def lora_state_dict(dit: nn.Module, prefix: str = COMFY_PREFIX) -> dict[str, torch.Tensor]:
+    """The adapters as {prefix + layer + '.lora_up.weight' | '.lora_down.weight' | '.alpha'}."""
+    layers = lora_layers(dit)
+    if not layers:
+        raise ValueError("the model has no LoRA adapters to save; call add_lora first")
+    out = {}
+    for name, layer in layers.items():
+        out[f"{prefix}{name}.lora_up.weight"] = layer.lora_up.weight.detach()
+        out[f"{prefix}{name}.lora_down.weight"] = layer.lora_down.weight.detach()
+        out[f"{prefix}{name}.alpha"] = layer.alpha.detach().reshape(())
+    return out
+
+
+def save_lora(dit: nn.Module, path: str | os.PathLike, *, dtype: torch.dtype = torch.float32,
+              metadata: dict[str, str] | None = None) -> Path:
+    """Write the adapters as a ComfyUI-loadable .safetensors (atomically)."""
+    sd = {k: (v.to(dtype) if k.endswith(".weight") else v.float())
+          for k, v in lora_state_dict(dit).items()}
+    meta = {"format": "flowdit-lora", "layout": "comfyui-wan"}
+    meta.update(metadata or {})
+    return save_tensors(sd, path, metadata=meta)
+
+
+@dataclass(frozen=True)
+class _Delta:
+    up: torch.Tensor | None = None            # [out, r]
+    down: torch.Tensor | None = None          # [r, in]
+    alpha: float | None = None
+    diff: torch.Tensor | None = None          # full weight delta [out, in]
+    diff_b: torch.Tensor | None = None        # bias delta [out]
+
+
+def parse_lora(lora: Mapping[str, torch.Tensor], dit: nn.Module) -> tuple[dict[str, _Delta], list[str]]:
+    """Match the keys of a LoRA state dict to `dit`'s linear layers: ({layer name: delta}, ignored
+    keys). Raises ValueError when nothing matches or shapes disagree."""
+    linear = {n: m for n, m in dit.named_modules() if isinstance(m, nn.Linear)}
+    by_underscore = {n.replace(".", "_"): n for n in linear}
+    found: dict[str, dict[str, object]] = {}
+    used: set[str] = set()
+
+    def module_of(stem: str) -> str | None:
+        for prefix in KNOWN_PREFIXES:
+            if stem.startswith(prefix) and stem[len(prefix):] in linear:
+                return stem[len(prefix):]
+        for kohya in ("lora_unet__", "lora_unet_"):
+            if stem.startswith(kohya) and stem[len(kohya):] in by_underscore:
+                return by_underscore[stem[len(kohya):]]
+        return None
+
+    for key in lora:
+        for up_sfx, down_sfx in _PAIR_SUFFIXES:
+            if key.endswith(up_sfx) and key[:-len(up_sfx)] + down_sfx in lora:
+                stem = key[:-len(up_sfx)]
+                name = module_of(stem)
+                if name is not None:
+                    entry = found.setdefault(name, {})
+                    entry["up"], entry["down"] = lora[key], lora[stem + down_sfx]
+                    used.update({key, stem + down_sfx})
+                    if stem + ".alpha" in lora:
+                        entry["alpha"] = float(lora[stem + ".alpha"].float().reshape(-1)[0])
+                        used.add(stem + ".alpha")
+                break
+        for sfx, slot in ((".diff", "diff"), (".diff_b", "diff_b")):
+            if key.endswith(sfx) and (name := module_of(key[:-len(sfx)])) is not None:
+                found.setdefault(name, {})[slot] = lora[key]
+                used.add(key)
+    if not found:
+        raise ValueError(f"none of the {len(lora)} keys of this LoRA match the model's layers "
+                         f"(e.g. {sorted(lora)[:2]}); it was made for another model family")
+    deltas = {}
+    for name, entry in found.items():
+        delta = _Delta(**entry)
+        w = linear[name].weight
+        if delta.up is not None:
+            if delta.up.ndim != 2 or delta.down.ndim != 2 or delta.up.shape[1] != delta.down.shape[0] \
+                    or (delta.up.shape[0], delta.down.shape[1]) != tuple(w.shape):
+                raise ValueError(f"LoRA for {name}: up {list(delta.up.shape)} x down "
+                                 f"{list(delta.down.shape)} does not fit the weight "
+                                 f"{list(w.shape)}; the LoRA was made for a model of another size")
+        if delta.diff is not None and tuple(delta.diff.shape) != tuple(w.shape):
+            raise ValueError(f"LoRA diff for {name} has shape {list(delta.diff.shape)}, the weight "
+                             f"{list(w.shape)}; the LoRA was made for a model of another size")
+        deltas[name] = delta
+    return deltas, sorted(set(lora) - used)
+
+
+def load_lora(dit: nn.Module, lora: str | os.PathLike | Mapping[str, torch.Tensor],
+              strength: float = 1.0, mode: str = "merge") -> LoRAReport:
+    """Apply a LoRA file (or state dict) to `dit` with `strength`.
+
+    mode 'merge': W += strength · (alpha / rank) · up @ down (and diffs), computed in float32 and
+    stored in W's dtype. In place: copy the model first to keep the original.
+    mode 'runtime': attach adapters (base weights untouched; `set_lora_strength` changes the
+    strength later, `remove_lora` takes them off). Only low-rank pairs; not `.diff` deltas.
+    """
+    if mode not in LOAD_MODES:
+        raise ValueError(f"mode must be one of {LOAD_MODES}, got {mode!r}")
+    if not math.isfinite(strength):
+        raise ValueError(f"strength must be a finite number, got {strength}")
+    if not isinstance(lora, Mapping):
+        from ..checkpoint import read_state_dict
+
+        lora = read_state_dict(lora)
+    deltas, ignored = parse_lora(lora, dit)
+    modules = dict(dit.named_modules())
+    if mode == "runtime" and any(d.diff is not None or d.diff_b is not None for d in deltas.values()):
+        raise ValueError("this LoRA holds full weight deltas (.diff keys), which apply only merged; "
+                         "load it with mode='merge'")
+    rank = 0
+    with torch.no_grad():
+        for name, d in deltas.items():
+            layer = modules[name]
+            if d.up is not None:
+                r = d.down.shape[0]
+                rank = max(rank, r)
+                alpha = d.alpha if d.alpha is not None else float(r)
+                if mode == "runtime":
+                    _attach(layer, r, alpha, strength)
+                    layer.lora_up.weight.copy_(d.up.float())
+                    layer.lora_down.weight.copy_(d.down.float())
+                    continue
+                delta = (alpha / r) * (d.up.float().to(layer.weight.device)
+                                       @ d.down.float().to(layer.weight.device))
+                _add_(layer.weight, strength * delta)
+            if d.diff is not None:
+                _add_(layer.weight, strength * d.diff.float().to(layer.weight.device))
+            if d.diff_b is not None and layer.bias is not None:
+                _add_(layer.bias, strength * d.diff_b.float().to(layer.bias.device))
+    return LoRAReport(layers=tuple(sorted(deltas)), ignored=tuple(ignored), rank=rank)
+
+
+def _add_(param: torch.Tensor, delta: torch.Tensor) -> None:
+    param.copy_((param.float() + delta.reshape(param.shape)).to(param.dtype))
