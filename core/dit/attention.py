@@ -104,7 +104,7 @@ class SelfAttention(nn.Module):
         self.norm_q = ops.RMSNorm(dim, eps=eps, **factory) if qk_norm else nn.Identity()
         self.norm_k = ops.RMSNorm(dim, eps=eps, **factory) if qk_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+    def forward(self, x: torch.Tensor, rope: torch.Tensor,
                 attn: AttentionFn) -> torch.Tensor:
         heads = {"Nh": self.num_heads}
         q = rearrange(self.norm_q(self.q(x)), "B L (Nh Dh) -> B L Nh Dh", **heads)

@@ -37,7 +37,7 @@ class WanBlock(nn.Module):
         self.modulation = nn.Parameter(torch.empty(1, 6, dim, **factory))
 
     def forward(self, x: torch.Tensor, times: TokenTimes, context: torch.Tensor,
-                context_img: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor],
+                context_img: torch.Tensor | None, rope: torch.Tensor,
                 attn: AttentionFn, compute_dtype: torch.dtype) -> torch.Tensor:
         """x: [B, L, D] residual stream (float32); times.table: [U, 6, D] projected timestep
         embeddings; context: [B, Lc, D] and context_img: [B, Li, D] in the compute dtype."""

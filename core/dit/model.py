@@ -152,7 +152,7 @@ class WanDiT(nn.Module):
         context = self.text_embedding(context.to(compute))               # [B, Lc, D]
         context_img = self.img_emb(clip_fea.to(compute)) if clip_fea is not None else None
         rope = rope_tables(grid_positions(*grid, device=x.device), cfg.head_dim, cfg.rope_theta,
-                           dtype=island)                                 # [L, 1, Dh/2] x2
+                           dtype=island)                                 # [L, 1, Dh/2] complex
 
         times = TokenTimes(e6, index)
         for block in self.blocks:

@@ -13,6 +13,9 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
+COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+REAL_OF = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+
 
 def rope_axes_dims(head_dim: int) -> tuple[int, int, int]:
     """Channels of one head given to the (frame, height, width) axes."""
@@ -29,29 +32,29 @@ def grid_positions(frames: int, height: int, width: int,
 
 
 def rope_tables(positions: torch.Tensor, head_dim: int, theta: float = 10000.0,
-                dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotation angles, each [L, 1, Dh/2] (the 1 broadcasts over heads).
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The rotations as unit complex numbers e^(i·angle): [L, 1, Dh/2] (the 1 broadcasts over heads).
 
-    positions: [L, 3] (may be fractional or shifted). Angles are computed in float64 (float32 on
-    devices without it) since positions times frequencies reach the hundreds.
+    positions: [L, 3] (may be fractional or shifted). Angles are computed in float64 since
+    positions times frequencies reach the hundreds; `dtype` is the real dtype the rotation runs in
+    (float32, or float64 for a float64 model).
     """
-    wide = torch.float32 if positions.device.type == "mps" else torch.float64
     angles = []
     for axis, axis_dim in enumerate(rope_axes_dims(head_dim)):
-        k = torch.arange(0, axis_dim, 2, device=positions.device, dtype=wide)
+        k = torch.arange(0, axis_dim, 2, device=positions.device, dtype=torch.float64)
         omega = theta ** (-k / axis_dim)                                # [a/2]
-        angles.append(positions[:, axis, None].to(wide) * omega)        # [L, a/2]
+        angles.append(positions[:, axis, None].to(torch.float64) * omega)  # [L, a/2]
     angle = rearrange(torch.cat(angles, dim=1), "L P -> L 1 P")         # [L, 1, Dh/2]
-    return angle.cos().to(dtype), angle.sin().to(dtype)
+    return torch.polar(torch.ones_like(angle), angle).to(COMPLEX_OF[dtype])
 
 
-def apply_rope(x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Rotate the channel pairs of x [B, L, Nh, Dh] by the angles of `rope`; same shape and dtype.
+def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """Rotate the channel pairs (2k, 2k+1) of x [B, L, Nh, Dh] by `rope`; same shape and dtype.
 
-    The rotation runs in the dtype of the tables (float32 or wider).
+    A pair is read as the complex number x_2k + i·x_2k+1 and multiplied by e^(i·angle), in the
+    precision of the tables (float32 or wider), then cast back.
     """
-    cos, sin = rope
-    pairs = rearrange(x.to(cos.dtype), "B L Nh (P two) -> B L Nh P two", two=2)
-    x0, x1 = pairs.unbind(-1)                                           # [B, L, Nh, Dh/2] each
-    rotated = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
+    real = x.to(REAL_OF[rope.dtype]).contiguous()
+    pairs = torch.view_as_complex(rearrange(real, "B L Nh (P two) -> B L Nh P two", two=2))
+    rotated = torch.view_as_real(pairs * rope)                          # [B, L, Nh, Dh/2, 2]
     return rearrange(rotated, "B L Nh P two -> B L Nh (P two)").to(x.dtype)
