@@ -119,8 +119,8 @@ class ComfyServer:
         with urllib.request.urlopen(self.url + path, timeout=30) as r:
             return json.loads(r.read() or b"null")
 
-    def post(self, path: str, payload: dict | None = None) -> tuple[int, object]:
-        data = json.dumps(payload or {}).encode()
+    def post(self, path: str, payload: object = None) -> tuple[int, object]:
+        data = json.dumps({} if payload is None else payload).encode()
         req = urllib.request.Request(self.url + path, data=data, method="POST",
                                      headers={"Content-Type": "application/json"})
         try:

@@ -78,3 +78,33 @@ def test_bad_prompt_gets_a_validation_error(server):
     assert "4n+1" in errors and "model folder" in errors
     # The server is still fine.
     assert server.wait(server.queue(prompt))["status"]["status_str"] == "success"
+
+
+def test_editor_loads_every_workflow_in_a_real_browser(server):
+    """Headless Chromium (Debian's `chromium`) with playwright-core from NODE_PATH; screenshots
+    are kept in tests/artifacts/ as test artifacts."""
+    import os
+    import shutil
+    import subprocess
+
+    chromium = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+    node_path = os.environ.get("NODE_PATH", "")
+    if not (shutil.which("node") and Path(chromium).exists()):
+        pytest.skip("needs node and Debian's chromium")
+    if not any((Path(p) / "playwright-core").is_dir() for p in node_path.split(os.pathsep) if p):
+        pytest.skip("needs playwright-core on NODE_PATH (npm install playwright-core)")
+    # A first-time user gets the template browser over the canvas; mark the tour as done.
+    server.post("/settings/Comfy.TutorialCompleted", True)
+    shots = ROOT / "tests" / "artifacts"
+    shots.mkdir(exist_ok=True)
+    files = [str(p) for p in sorted((ROOT / "workflows").glob("*.json"))]
+    out = subprocess.run(["node", str(ROOT / "tests" / "browser" / "check_workflows.cjs"), server.url,
+                          str(shots), *files], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    for name, wf in report["workflows"].items():
+        assert wf["missing"] == [], f"{name}: missing node types {wf['missing']}"
+        assert wf["loaded"] == wf["expected"], name
+    assert report["widgets"]["length"] == 81 and report["widgets"]["width"] == 832
+    assert report["widgets"]["schedulerDraws"]
+    assert not [e for e in report["consoleErrors"] if "FlowDiT" in e or "flowdit" in e]

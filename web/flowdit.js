@@ -51,7 +51,12 @@ app.registerExtension({
         const denoise = widget(this, "denoise")?.value ?? 1.0;
         const pad = 10;
         const w = this.size[0] - 2 * pad;
-        const top = this.size[1] - CURVE_HEIGHT - pad;
+        // Below the last widget; grow the node if a loaded workflow made it too small.
+        const widgetsBottom = Math.max(0, ...(this.widgets ?? []).map((x) => (x.last_y ?? x.y ?? 0) + 24));
+        const top = widgetsBottom + 6;
+        if (this.size[1] < top + CURVE_HEIGHT + pad) {
+          this.setSize([this.size[0], top + CURVE_HEIGHT + pad]);
+        }
         ctx.save();
         ctx.strokeStyle = "#555";
         ctx.strokeRect(pad, top, w, CURVE_HEIGHT);

@@ -21,6 +21,10 @@ WAN_NEGATIVE = ("static, blurry, low quality, worst quality, jpeg artifacts, def
 UMT5 = "umt5_xxl_fp8_e4m3fn_scaled.safetensors"
 
 
+# Room for what a node draws besides its widgets: the Note's text, the scheduler's sigma curve.
+EXTRA_HEIGHT = {"Note": 220, "FlowDiTScheduler": 110}
+
+
 def node(nid, type_, widgets=None, links=None, title=None):
     return {"id": nid, "type": type_, "widgets": widgets or {}, "links": links or {}, "title": title}
 
@@ -154,7 +158,7 @@ def to_ui(nodes, spec_of):
         spec = spec_of[n["type"]]
         col = depth[n["id"]] if n["type"] not in VIRTUAL_NODES else 0
         row = column_fill.get(col, 0)
-        height = 60 + 26 * (len(spec.widgets) + len(spec.sockets)) + (220 if n["type"] == "Note" else 0)
+        height = 60 + 26 * (len(spec.widgets) + len(spec.sockets)) + EXTRA_HEIGHT.get(n["type"], 0)
         column_fill[col] = row + height + 40
         values = []
         for w in spec.widgets:
@@ -178,7 +182,7 @@ def to_ui(nodes, spec_of):
         ui_nodes.append(entry)
     return {"last_node_id": max(n["id"] for n in nodes), "last_link_id": link_id,
             "nodes": ui_nodes, "links": links, "groups": [], "config": {},
-            "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+            "extra": {"ds": {"scale": 0.75, "offset": [40, 60]}}, "version": 0.4}
 
 
 def to_api(nodes):
