@@ -41,6 +41,27 @@ def comfyui_path():
     return Path(path)
 
 
+@pytest.fixture(scope="session")
+def comfy(comfyui_path):
+    """ComfyUI's modules imported in-process for CPU and plain SDPA (so both sides run the same
+    attention math): returns importlib.import_module. Skips where ComfyUI does not import (run
+    these tests with that ComfyUI's Python)."""
+    import importlib
+
+    if str(comfyui_path) not in sys.path:
+        # Appended, so the pack's own top-level names (core, nodes) keep precedence.
+        sys.path.append(str(comfyui_path))
+    try:
+        cli_args = importlib.import_module("comfy.cli_args")
+    except ImportError as err:
+        pytest.skip(f"ComfyUI at {comfyui_path} does not import here ({err}); use its Python")
+    # Must be set before comfy.model_management is imported.
+    cli_args.args.cpu = True
+    cli_args.args.use_pytorch_cross_attention = True
+    importlib.import_module("comfy.model_management")
+    return importlib.import_module
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 
