@@ -3,7 +3,8 @@
 Tiles are laid out on the latent grid (so they always fall on stride boundaries); the tile
 function maps a tile of the input to a tile of the output scaled by `scale` (decode: x s, encode:
 x 1/s). In each overlap the two tiles are cross-faded with linear ramps that sum to one, and the
-result is normalised by the summed weights, so a tile function that commutes with cropping is
+result is normalised by the summed weights (so layouts where three tiles meet stay a convex
+blend), so a tile function that commutes with cropping is
 reproduced exactly. The Wan VAE does not commute with cropping (zero padding at tile borders,
 attention over the whole frame in the middle blocks), so tiled results are an approximation
 whose error shrinks as the overlap grows; tiling is opt-in for frames that do not fit in memory.
@@ -36,9 +37,9 @@ class TileSpec:
     def __post_init__(self):
         if self.tile < 1 or self.overlap < 0:
             raise ValueError(f"tile size must be >= 1 and overlap >= 0, got {self}")
-        if 2 * self.overlap >= self.tile:
-            raise ValueError(f"overlap {self.overlap} must be less than half the tile {self.tile} "
-                             f"(latent pixels), so that at most two tiles overlap anywhere")
+        if self.overlap >= self.tile:
+            raise ValueError(f"overlap {self.overlap} must be smaller than the tile {self.tile} "
+                             f"(both in latent pixels)")
 
 
 def free_memory_bytes(device: torch.device) -> int:
