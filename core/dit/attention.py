@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .ops import island_dtype
 from .rope import apply_rope
 
 log = logging.getLogger(__name__)
@@ -106,12 +107,13 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor,
                 attn: AttentionFn) -> torch.Tensor:
-        heads = {"Nh": self.num_heads}
-        q = rearrange(self.norm_q(self.q(x)), "B L (Nh Dh) -> B L Nh Dh", **heads)
-        k = rearrange(self.norm_k(self.k(x)), "B L (Nh Dh) -> B L Nh Dh", **heads)
+        heads, wide = {"Nh": self.num_heads}, island_dtype(x.dtype)
+        # q and k go to float32 once, for both the norm and the rotation, and back once.
+        q = rearrange(self.norm_q(self.q(x).to(wide)), "B L (Nh Dh) -> B L Nh Dh", **heads)
+        k = rearrange(self.norm_k(self.k(x).to(wide)), "B L (Nh Dh) -> B L Nh Dh", **heads)
         v = rearrange(self.v(x), "B L (Nh Dh) -> B L Nh Dh", **heads)
-        out = attn(apply_rope(q, rope), apply_rope(k, rope), v)         # [B, L, D]
-        return self.o(out)
+        q, k = apply_rope(q, rope).to(x.dtype), apply_rope(k, rope).to(x.dtype)
+        return self.o(attn(q, k, v))                                    # [B, L, D]
 
 
 class CrossAttention(nn.Module):
