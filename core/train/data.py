@@ -188,6 +188,13 @@ def cache_key(path: Path, config: DataConfig, vae_id: str) -> str:
     return hashlib.sha256((_file_digest(path) + "|" + settings).encode()).hexdigest()[:32]
 
 
+def _short_reason(text: str, limit: int = 300) -> str:
+    """One readable line: decoders append whole ffmpeg logs; keep the first and last lines."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    short = lines[0] + (f" … {lines[-1]}" if len(lines) > 1 else "") if lines else text
+    return short if len(short) <= limit else short[:limit] + "…"
+
+
 class LatentDataset:
     """Cached clip latents with captions: dataset[i] -> {"latent": [C, F, h, w], "caption": str,
     "path": str}. `skipped` lists the clips left out and why; `report()` says it in words."""
@@ -238,7 +245,7 @@ def cache_latents(folder: str | os.PathLike, vae: Any, cache_dir: str | os.PathL
                              metadata={"source": clip.path.name, "settings": str(config)})
             entries.append((file, clip.caption, clip.path))
         except (ValueError, OSError, RuntimeError) as err:
-            reason = str(err).removeprefix(f"{clip.path.name}: ")
+            reason = _short_reason(str(err).removeprefix(f"{clip.path.name}: "))
             skipped.append(SkippedClip(str(clip.path), reason))
             log.warning("skipped clip %s: %s", clip.path, reason)
     if not entries:
