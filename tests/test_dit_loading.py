@@ -21,7 +21,7 @@ def _forward(model, seed=0):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(1, cfg.in_dim, 2, 4, 4, generator=gen)
     context = torch.randn(1, 3, cfg.text_dim, generator=gen)
-    clip = torch.randn(1, 257, cfg.image_dim, generator=gen) if cfg.has_image_branch else None
+    clip = torch.randn(1, 16, cfg.image_dim, generator=gen) if cfg.has_image_branch else None
     with torch.no_grad():
         return model(x, torch.tensor([321.0]), context, clip)
 
@@ -58,8 +58,12 @@ def test_detects_from_a_file_header_without_reading_weights(tmp_path):
 
 # --- round trips ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("preset", TINY_PRESETS)
-@pytest.mark.parametrize("prefix", ["", "model.diffusion_model.", "model."])
+# Every variant in the official layout; the ComfyUI-prefixed layouts with one variant.
+LAYOUTS = ([(p, "") for p in TINY_PRESETS]
+           + [("tiny-t2v", "model.diffusion_model."), ("tiny-ti2v", "model.")])
+
+
+@pytest.mark.parametrize("preset, prefix", LAYOUTS)
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_random_weights_load_back_strictly_with_identical_output(tmp_path, preset, prefix, suffix):
     sd = random_state_dict(get_preset(preset), seed=5)

@@ -25,7 +25,7 @@ def _inputs(cfg: DiTConfig, batch=2, frames=3, height=4, width=6, dtype=torch.fl
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, cfg.in_dim, frames, height, width, generator=gen, dtype=dtype)
     context = torch.randn(batch, 5, cfg.text_dim, generator=gen, dtype=dtype)
-    clip = (torch.randn(batch, 257, cfg.image_dim, generator=gen, dtype=dtype)
+    clip = (torch.randn(batch, 16, cfg.image_dim, generator=gen, dtype=dtype)
             if cfg.has_image_branch else None)
     return x, context, clip
 
