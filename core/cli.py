@@ -20,6 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="describe a DiT or VAE checkpoint file")
     p.add_argument("checkpoint", help="path to a .safetensors / .pth / .pt file")
     p.set_defaults(func=_cmd_info)
+    from .train.cli import add_train_parser  # `train`: core/train/cli.py
+
+    add_train_parser(sub)
     return parser
 
 
