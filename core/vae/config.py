@@ -23,7 +23,7 @@ WAN22_MARKER = "decoder.upsamples.0.upsamples.0.residual.2.weight"
 
 @dataclass(frozen=True)
 class VAEConfig:
-    version: str = "2.1"            # "2.1" (flat resample blocks) or "2.2" (residual up/down blocks)
+    version: str = "2.1"            # "2.1": flat resample blocks; "2.2": residual up/down blocks
     dim: int = 96                   # encoder base width; level widths are dim * dim_mult[i]
     dec_dim: int = 96               # decoder base width (Wan2.1: equal to dim; Wan2.2: 256)
     z_dim: int = 16                 # latent channels (the encoder head emits 2*z_dim: mean, logvar)

@@ -85,7 +85,8 @@ class ResidualBlock(nn.Module):
         # Indices follow the checkpoint keys; index 5 is the reference's Dropout(p=0).
         self.residual = nn.Sequential(
             RMSNorm(in_dim), nn.SiLU(), CausalConv3d(in_dim, out_dim, 3, padding=1),
-            RMSNorm(out_dim), nn.SiLU(), nn.Identity(), CausalConv3d(out_dim, out_dim, 3, padding=1))
+            RMSNorm(out_dim), nn.SiLU(), nn.Identity(),
+            CausalConv3d(out_dim, out_dim, 3, padding=1))
         self.shortcut = CausalConv3d(in_dim, out_dim, 1) if in_dim != out_dim else None
 
     def forward(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
@@ -135,10 +136,13 @@ class Resample(nn.Module):
             raise ValueError(f"unknown resample mode {mode!r}")
         self.mode = mode
         if mode.startswith("up"):
-            self.resample = nn.Sequential(nn.Upsample(scale_factor=(2.0, 2.0), mode="nearest-exact"),
-                                          nn.Conv2d(dim, dim // 2 if halve_up else dim, 3, padding=1))
+            out = dim // 2 if halve_up else dim
+            self.resample = nn.Sequential(
+                nn.Upsample(scale_factor=(2.0, 2.0), mode="nearest-exact"),
+                nn.Conv2d(dim, out, 3, padding=1))
         else:
-            self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)), nn.Conv2d(dim, dim, 3, stride=2))
+            self.resample = nn.Sequential(nn.ZeroPad2d((0, 1, 0, 1)),
+                                          nn.Conv2d(dim, dim, 3, stride=2))
         if mode == "upsample3d":
             self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0))
         elif mode == "downsample3d":
@@ -184,7 +188,7 @@ class AvgDown3D(nn.Module):
         self.out_channels, self.factor_t, self.factor_s = out_channels, factor_t, factor_s
         folded = in_channels * factor_t * factor_s * factor_s
         if folded % out_channels:
-            raise ValueError(f"AvgDown3D: {folded} folded channels do not split into {out_channels}")
+            raise ValueError(f"AvgDown3D: {folded} channels do not split into {out_channels}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ft, fs = self.factor_t, self.factor_s
@@ -202,7 +206,7 @@ class DupUp3D(nn.Module):
         self.out_channels, self.factor_t, self.factor_s = out_channels, factor_t, factor_s
         unfolded = out_channels * factor_t * factor_s * factor_s
         if unfolded % in_channels:
-            raise ValueError(f"DupUp3D: {unfolded} unfolded channels are no multiple of {in_channels}")
+            raise ValueError(f"DupUp3D: {unfolded} channels are no multiple of {in_channels}")
         self.repeats = unfolded // in_channels
 
     def forward(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
@@ -213,7 +217,7 @@ class DupUp3D(nn.Module):
 
 
 class Middle(nn.Sequential):
-    """Residual block, spatial attention, residual block (keys `middle.0`, `middle.1`, `middle.2`)."""
+    """Residual block, spatial attention, residual block (keys `middle.0` .. `middle.2`)."""
 
     def __init__(self, dim: int):
         super().__init__(ResidualBlock(dim, dim), AttentionBlock(dim), ResidualBlock(dim, dim))

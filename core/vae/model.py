@@ -33,7 +33,8 @@ class WanVAEModel(nn.Module):
     def __init__(self, config: VAEConfig):
         super().__init__()
         self.config = config
-        encoder, decoder = (Encoder21, Decoder21) if config.version == "2.1" else (Encoder22, Decoder22)
+        v21 = config.version == "2.1"
+        encoder, decoder = (Encoder21, Decoder21) if v21 else (Encoder22, Decoder22)
         self.encoder = encoder(config)
         self.conv1 = CausalConv3d(config.z_dim * 2, config.z_dim * 2, 1)
         self.conv2 = CausalConv3d(config.z_dim, config.z_dim, 1)

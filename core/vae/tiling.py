@@ -17,18 +17,18 @@ from dataclasses import dataclass
 
 import torch
 
-# Working memory of one decode chunk, in bytes per output pixel per unit of decoder width, for
-# float32 (measured with tests/benchmarks/bench_vae.py on the Wan2.1 VAE: about 60 kB per
-# (pixel x 96 channels) for a 4-frame chunk, i.e. ~650 bytes per pixel-channel; rounded up).
+# Working memory of one decode chunk (one latent frame -> 4 pixel frames), in bytes per output
+# pixel per channel of decoder base width, for 4-byte floats. Measured with
+# tests/benchmarks/bench_vae.py (Wan2.1 width, 64x64, float32, CPU): ~290 bytes; set ~2.5x
+# higher for allocator fragmentation and backends that keep more temporaries.
 DECODE_BYTES_PER_PIXEL_CHANNEL = 800
-# Encoding a 4-frame chunk needs less than decoding one latent frame at the same pixel size.
+# Encoding one 4-frame chunk needs less than decoding one latent frame at the same pixel size
+# (see the benchmark's encode rows); the same headroom applies.
 ENCODE_BYTES_PER_PIXEL_CHANNEL = 500
 # Without a way to ask the OS, assume this much free memory (bytes) on the CPU.
 FALLBACK_FREE_BYTES = 8 * 2 ** 30
 # Use at most this share of the free memory for one tile's working set.
 MEMORY_SHARE = 0.5
-
-
 @dataclass(frozen=True)
 class TileSpec:
     tile: int = 32         # tile side in latent pixels (x spatial stride in pixels)
@@ -61,14 +61,23 @@ def free_memory_bytes(device: torch.device) -> int:
 def auto_tile(latent_hw: tuple[int, int], stride: int, width: int, bytes_per_pixel_channel: int,
               element_size: int, free_bytes: int) -> TileSpec | None:
     """The largest square tile whose working set fits MEMORY_SHARE of `free_bytes`, or None
-    when the whole frame fits (no tiling needed)."""
+    when the whole frame fits (no tiling needed).
+
+    Working set of an h x w latent tile: a part linear in pixels (the constants above) plus the
+    middle attention's (h*w)^2 score matrix, counted in full in case the backend materialises it.
+    """
     budget = MEMORY_SHARE * free_bytes
-    per_latent_pixel = bytes_per_pixel_channel * width * stride * stride * element_size / 4
-    max_pixels = budget / per_latent_pixel
+
+    def working_set(h: int, w: int) -> float:
+        linear = bytes_per_pixel_channel * width * h * w * stride * stride * element_size / 4
+        return linear + (h * w) ** 2 * element_size
+
     h, w = latent_hw
-    if h * w <= max_pixels:
+    if working_set(h, w) <= budget:
         return None
-    side = max(8, int(math.isqrt(int(max_pixels))))
+    side = min(h, w)
+    while side > 8 and working_set(side, side) > budget:
+        side -= 1
     return TileSpec(tile=side, overlap=max(1, side // 8))
 
 
@@ -96,7 +105,8 @@ def _ramp(length: int, before: int, after: int, scale: int, dtype, device) -> to
 
 def tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, grid_hw: tuple[int, int],
           in_scale: int, out_scale: int, out_shape: tuple[int, ...], spec: TileSpec,
-          out_dtype: torch.dtype, on_tile: Callable[[int, int], None] | None = None) -> torch.Tensor:
+          out_dtype: torch.dtype,
+          on_tile: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Apply `fn` tile by tile and blend.
 
     x          [B, C, T, grid_h*in_scale, grid_w*in_scale]

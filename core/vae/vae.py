@@ -126,7 +126,8 @@ class WanVAE:
                              "fewer/lower CFG, more steps, or a float32/bfloat16 model)")
         return latent.to(self.device)
 
-    def _tile_spec(self, tiling: Tiling, latent_hw: tuple[int, int], decode: bool) -> TileSpec | None:
+    def _tile_spec(self, tiling: Tiling, latent_hw: tuple[int, int],
+                   decode: bool) -> TileSpec | None:
         if tiling is None or tiling is False:
             return None
         if isinstance(tiling, TileSpec):

@@ -74,7 +74,8 @@ class Encoder22(nn.Module):
         self.conv1 = CausalConv3d(cfg.in_channels, dims[0], 3, padding=1)
         self.downsamples = nn.Sequential(*(
             DownResidualBlock(dims[i], dims[i + 1], cfg.num_res_blocks,
-                              temporal=i < n_down and cfg.temporal_downsample[i], spatial=i < n_down)
+                              temporal=i < n_down and cfg.temporal_downsample[i],
+                              spatial=i < n_down)
             for i in range(len(cfg.dim_mult))))
         self.middle = Middle(dims[-1])
         self.head = Head(dims[-1], cfg.z_dim * 2)
