@@ -109,6 +109,14 @@ def main() -> None:
         ours = build_vae(cfg, sd, device, dtype)
         theirs = comfy_vae(args.preset, cfg, sd, device, dtype) if args.comfy else None
         for size in [int(v) for v in args.size.split(",")]:
+            # Warm up both sides at this size (one chunk each way): first calls allocate
+            # lasting backend buffers (oneDNN primitives and scratchpads) that are not the
+            # working set of a decode and would otherwise be charged to whoever runs first.
+            z1 = torch.randn(1, cfg.z_dim, 2, size // s, size // s).to(device)
+            ours.encode_raw(ours.decode_raw(z1))
+            if theirs is not None:
+                with torch.no_grad():
+                    theirs.encode(theirs.decode(z1.to(dtype)))
             works = {}
             for f in [int(v) for v in args.latent_frames.split(",")]:
                 g = torch.Generator().manual_seed(f)
