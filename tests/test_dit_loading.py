@@ -200,3 +200,17 @@ def test_pickle_that_would_run_code_is_refused_and_never_run(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="checkpoint file not found"):
         load_dit(tmp_path / "nope.safetensors")
+
+
+def test_detection_ignores_a_repackaging_prefix():
+    sd = random_state_dict(get_preset("tiny-ti2v"), device="meta")
+    assert detect_config({"model.diffusion_model." + k: v for k, v in sd.items()}) == get_preset("tiny-ti2v")
+
+
+def test_cli_info_describes_a_dit_file(tmp_path, capsys):
+    from core.cli import main
+
+    sd = random_state_dict(get_preset("tiny-i2v"))
+    path = _save({"model.diffusion_model." + k: v for k, v in sd.items()}, tmp_path / "d.safetensors")
+    assert main(["info", str(path)]) == 0
+    assert "DiT: Wan DiT i2v: dim 64, 2 layers, 2 heads" in capsys.readouterr().out

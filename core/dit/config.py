@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..checkpoint import summarize_keys
+from ..checkpoint import strip_prefix, summarize_keys
 
 MODEL_TYPES = ("t2v", "i2v", "ti2v")
 
@@ -28,6 +28,8 @@ TI2V_CHANNELS = 48
 # Width of the CLIP ViT-H/14 penultimate features that the I2V image branch consumes (257 tokens).
 CLIP_VISION_DIM = 1280
 
+# A key every Wan DiT has: finds the DiT under a prefix in whole-pipeline files with several models.
+MARKER_KEY = "head.modulation"
 # Keys every Wan DiT has; their absence means the file is some other model.
 REQUIRED_KEYS = ("patch_embedding.weight", "text_embedding.0.weight", "time_embedding.0.weight",
                  "time_projection.1.weight", "head.head.weight", "head.modulation",
@@ -131,7 +133,11 @@ def heads_for_dim(dim: int) -> int:
 
 
 def detect_config(sd: Mapping[str, torch.Tensor]) -> DiTConfig:
-    """The DiTConfig of an official-layout (prefix-stripped) Wan DiT state dict, from shapes only."""
+    """The DiTConfig of a Wan DiT state dict, from key names and shapes only.
+
+    Keys may carry a repackaging prefix (`model.diffusion_model.`, ...), which is ignored.
+    """
+    sd = strip_prefix(dict(sd), marker_key=MARKER_KEY)
     missing = [k for k in REQUIRED_KEYS if k not in sd]
     if missing:
         raise ValueError(

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 import torch
 
 from ..checkpoint import read_state_dict, strip_prefix, summarize_keys
-from .config import detect_config
+from .config import MARKER_KEY, detect_config
 from .model import WanDiT
 
 DTYPE_NAMES = {
@@ -23,8 +23,6 @@ DTYPE_NAMES = {
 WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64,
                  torch.float8_e4m3fn, torch.float8_e5m2)
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
-# A key every Wan DiT has: finds the DiT inside whole-pipeline files with several models.
-MARKER_KEY = "head.modulation"
 
 
 def parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:

@@ -8,7 +8,9 @@ Not a test (pytest collects test_*.py only). Run from the repository root, e.g.:
     COMFYUI_PATH=/path/to/ComfyUI python tests/benchmarks/bench_dit.py ... --comfy
 
 Memory: on CUDA the peak allocated by torch during the forward; on the CPU the peak resident set
-during the forward (Linux VmHWM, reset before each run) minus the resident set before it.
+during the forward (Linux VmHWM, reset before each run) minus the resident set before it, with
+glibc's mmap threshold fixed so that freed tensors leave the resident set (the script re-executes
+itself with MALLOC_MMAP_THRESHOLD_ set).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from core.dit.random_weights import random_state_dict  # noqa: E402
 # Pixel -> latent strides of the VAEs (frames, height, width): Wan2.1 VAE for 16-channel models,
 # Wan2.2 VAE for the 48-channel TI2V model. Latent frames = (frames - 1) / 4 + 1.
 VAE_STRIDES = {16: (4, 8, 8), 48: (4, 16, 16)}
+MMAP_ENV = "MALLOC_MMAP_THRESHOLD_"
 # Dense bf16 peak of an H100 SXM, for the fraction-of-peak line on that GPU.
 H100_BF16_PEAK_TFLOPS = 989.0
 
@@ -87,21 +90,45 @@ def _proc_status(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def time_forward(fn, device: torch.device, repeat: int) -> tuple[float, float, PeakMemory]:
-    """Median wall and process-CPU seconds of `repeat` calls after one warm-up call, and the
-    memory of the last call. CPU seconds are robust to other processes sharing the cores."""
+class Timing:
+    """Wall and process-CPU seconds of each timed call, and the memory of the last one.
+    CPU seconds are less disturbed than wall time by other processes sharing the cores."""
+
+    def __init__(self) -> None:
+        self.walls: list[float] = []
+        self.cpus: list[float] = []
+        self.mem: PeakMemory | None = None
+
+    def measure(self, fn, device: torch.device) -> None:
+        with PeakMemory(device) as mem:
+            start, cpu_start = time.perf_counter(), time.process_time()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            self.walls.append(time.perf_counter() - start)
+            self.cpus.append(time.process_time() - cpu_start)
+        self.mem = mem
+
+    @property
+    def wall(self) -> float:
+        return statistics.median(self.walls)
+
+    @property
+    def cpu(self) -> float:
+        return statistics.median(self.cpus)
+
+
+def time_interleaved(runners: dict, device: torch.device, repeat: int) -> dict[str, Timing]:
+    """One warm-up call each, then `repeat` rounds calling each runner in turn (so a burst of
+    load from other processes hits all of them alike)."""
+    timings = {name: Timing() for name in runners}
     with torch.no_grad():
-        fn()
-        walls, cpus = [], []
+        for fn in runners.values():
+            fn()
         for _ in range(repeat):
-            with PeakMemory(device) as mem:
-                start, cpu_start = time.perf_counter(), time.process_time()
-                fn()
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                walls.append(time.perf_counter() - start)
-                cpus.append(time.process_time() - cpu_start)
-    return statistics.median(walls), statistics.median(cpus), mem
+            for name, fn in runners.items():
+                timings[name].measure(fn, device)
+    return timings
 
 
 def comfy_model(cfg, sd, device, dtype, attention: str):
@@ -146,6 +173,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--comfy-attention", choices=["pytorch", "default"], default="pytorch")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)
+    if torch.device(args.device).type == "cpu" and MMAP_ENV not in os.environ and argv is None:
+        # glibc keeps freed heap pages resident, so the resident set would not fall after the
+        # warm-up call and a later peak would say nothing. With a fixed mmap threshold, every large
+        # tensor is its own mapping, returned on free: the resident set then follows live memory.
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, MMAP_ENV: "65536"})
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -174,29 +206,27 @@ def main(argv: list[str] | None = None) -> None:
 
     ours = load_dit(dict(sd), device=device, dtype=dtype, attention=args.attention,
                     weight_dtype=args.weight_dtype)
-    sec, cpu, mem = time_forward(lambda: ours(x, t, context, clip), device, args.repeat)
-    report("ours", sec, cpu, mem, tokens * args.batch, flops, device, dtype)
-    del ours
-    gc.collect()
-
+    runners = {"ours": lambda: ours(x, t, context, clip)}
     if args.comfy:
         theirs = comfy_model(cfg, sd, device, dtype, args.comfy_attention)
         xc, cc = x.to(dtype), context.to(dtype)     # ComfyUI's model_base casts inputs like this
         clipc = clip.to(dtype) if clip is not None else None
-        csec, ccpu, cmem = time_forward(lambda: theirs(xc, t, cc, clip_fea=clipc), device,
-                                        args.repeat)
-        report(f"comfyui({args.comfy_attention})", csec, ccpu, cmem, tokens * args.batch, flops,
-               device, dtype)
-        print(f"ratio ours/comfyui: wall time {sec / csec:.3f}, CPU time {cpu / ccpu:.3f}, "
-              f"forward memory "
-              f"{(mem.peak - mem.base) / max(1, cmem.peak - cmem.base):.3f}")
+        runners[f"comfyui({args.comfy_attention})"] = lambda: theirs(xc, t, cc, clip_fea=clipc)
+    timings = time_interleaved(runners, device, args.repeat)
+    for name, timing in timings.items():
+        report(name, timing, tokens * args.batch, flops, device, dtype)
+    if args.comfy:
+        a, b = timings.values()
+        print(f"ratio ours/comfyui: wall time {a.wall / b.wall:.3f}, CPU time {a.cpu / b.cpu:.3f}, "
+              f"forward memory {(a.mem.peak - a.mem.base) / max(1, b.mem.peak - b.mem.base):.3f}")
 
 
-def report(name, sec, cpu, mem, tokens, flops, device, dtype) -> None:
+def report(name: str, timing: Timing, tokens: int, flops: float, device: torch.device,
+           dtype: torch.dtype) -> None:
+    sec = timing.wall
     tflops = flops / sec / 1e12
-    line = (f"{name:>18}: {sec * 1e3:9.1f} ms/forward (CPU {cpu * 1e3:.0f} ms), "
-            f"{tokens / sec:8.0f} tokens/s, "
-            f"{tflops:8.3f} TFLOP/s, {mem.describe()}")
+    line = (f"{name:>18}: {sec * 1e3:9.1f} ms/forward (CPU {timing.cpu * 1e3:.0f} ms), "
+            f"{tokens / sec:8.0f} tokens/s, {tflops:8.3f} TFLOP/s, {timing.mem.describe()}")
     if device.type == "cuda" and "H100" in torch.cuda.get_device_name(device) and dtype == torch.bfloat16:
         line += f", {100 * tflops / H100_BF16_PEAK_TFLOPS:.1f}% of H100 bf16 peak"
     print(line)
