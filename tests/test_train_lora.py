@@ -110,6 +110,16 @@ def test_loading_the_file_reproduces_the_adapted_model(trained, mode):
         torch.testing.assert_close(velocity(dit), base_out, rtol=0, atol=0)
 
 
+def test_runtime_loras_stack(trained):
+    _, base_out, lora_out, path = trained
+    dit = base_dit()
+    load_lora(dit, path, strength=0.5, mode="runtime")
+    load_lora(dit, path, strength=0.5, mode="runtime")  # a second LoRA on the same layers adds up
+    torch.testing.assert_close(velocity(dit), lora_out, **TOL)
+    remove_lora(dit)
+    torch.testing.assert_close(velocity(dit), base_out, rtol=0, atol=0)
+
+
 def test_other_key_layouts_load_the_same(trained):
     dit, _, lora_out, _ = trained
     ours = lora_state_dict(dit)

@@ -71,15 +71,35 @@ class LoRAReport:
     rank: int = 0                             # the largest rank found
 
 
-def _lora_hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
-    strength = module.lora_strength
+class StackedLoRA(nn.Module):
+    """A further adapter on a layer that already has one (a second LoRA loaded at run time)."""
+
+    def __init__(self, layer: nn.Linear, rank: int, alpha: float, strength: float) -> None:
+        super().__init__()
+        factory = {"device": layer.weight.device, "dtype": torch.float32}
+        self.lora_down = nn.Linear(layer.in_features, rank, bias=False, **factory)
+        self.lora_up = nn.Linear(rank, layer.out_features, bias=False, **factory)
+        self.register_buffer("alpha", torch.tensor(float(alpha), device=layer.weight.device))
+        self.lora_strength = float(strength)
+        self.requires_grad_(False)
+
+
+def _lora_term(adapter: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+    """strength · (alpha / rank) · up(down(x)), or None at strength 0."""
+    strength = adapter.lora_strength
     if strength == 0.0:
-        return output
-    down, up = module.lora_down.weight, module.lora_up.weight          # [r, in], [out, r]
-    x = inputs[0]
+        return None
+    down, up = adapter.lora_down.weight, adapter.lora_up.weight        # [r, in], [out, r]
     h = F.linear(F.linear(x.to(down.dtype), down), up)                # [..., out]
-    scale = module.alpha.to(h.dtype) * (strength / down.shape[0])      # alpha / rank, no sync
-    return output + (scale * h).to(output.dtype)
+    return h * (adapter.alpha.to(h.dtype) * (strength / down.shape[0]))  # no host sync
+
+
+def _lora_hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+    for adapter in (module, *module.lora_stack):
+        term = _lora_term(adapter, inputs[0])
+        if term is not None:
+            output = output + term.to(output.dtype)
+    return output
 
 
 def _target_layers(dit: nn.Module, targets: Sequence[str]) -> dict[str, nn.Linear]:
@@ -91,15 +111,21 @@ def _target_layers(dit: nn.Module, targets: Sequence[str]) -> dict[str, nn.Linea
     return layers
 
 
-def _attach(layer: nn.Linear, rank: int, alpha: float, strength: float = 1.0) -> None:
+def _attach(layer: nn.Linear, rank: int, alpha: float, strength: float = 1.0) -> nn.Module:
+    """A new adapter on `layer` (returned): the primary one (`layer.lora_down`, ...), or, when
+    the layer has one already, a StackedLoRA appended to `layer.lora_stack`."""
     if hasattr(layer, "lora_down"):
-        raise ValueError("this layer already has a LoRA adapter; call remove_lora(dit) first")
+        extra = StackedLoRA(layer, rank, alpha, strength)
+        layer.lora_stack.append(extra)
+        return extra
     factory = {"device": layer.weight.device, "dtype": torch.float32}
     layer.lora_down = nn.Linear(layer.in_features, rank, bias=False, **factory)
     layer.lora_up = nn.Linear(rank, layer.out_features, bias=False, **factory)
     layer.register_buffer("alpha", torch.tensor(float(alpha), device=layer.weight.device))
+    layer.lora_stack = nn.ModuleList()
     layer.lora_strength = float(strength)
     layer._lora_hook_handle = layer.register_forward_hook(_lora_hook)
+    return layer
 
 
 def add_lora(dit: nn.Module, config: LoRAConfig = LoRAConfig(), *, freeze_base: bool = True,
@@ -113,6 +139,8 @@ def add_lora(dit: nn.Module, config: LoRAConfig = LoRAConfig(), *, freeze_base: 
     params = []
     alpha = float(config.alpha if config.alpha is not None else config.rank)
     for layer in _target_layers(dit, config.targets).values():
+        if hasattr(layer, "lora_down"):
+            raise ValueError("the model already has LoRA adapters; call remove_lora(dit) first")
         _attach(layer, config.rank, alpha)
         bound = 1.0 / math.sqrt(layer.in_features)  # kaiming_uniform_(a=sqrt(5)) of nn.Linear
         with torch.no_grad():
@@ -124,25 +152,29 @@ def add_lora(dit: nn.Module, config: LoRAConfig = LoRAConfig(), *, freeze_base: 
 
 def lora_layers(dit: nn.Module) -> dict[str, nn.Linear]:
     """Module name -> adapted layer, for every layer carrying an adapter."""
-    return {n: m for n, m in dit.named_modules() if hasattr(m, "lora_down")}
+    return {n: m for n, m in dit.named_modules()
+            if isinstance(m, nn.Linear) and hasattr(m, "lora_down")}
 
 
 def set_lora_strength(dit: nn.Module, strength: float) -> None:
-    """Scale every run-time adapter of `dit` (0 = off, 1 = as trained)."""
+    """Set the strength of every run-time adapter of `dit`, stacked ones included (0 = off)."""
     for layer in lora_layers(dit).values():
-        layer.lora_strength = float(strength)
+        for adapter in (layer, *layer.lora_stack):
+            adapter.lora_strength = float(strength)
 
 
 def remove_lora(dit: nn.Module) -> None:
     """Detach every run-time adapter (the base weights are untouched)."""
     for layer in lora_layers(dit).values():
         layer._lora_hook_handle.remove()
-        for name in ("lora_down", "lora_up", "alpha", "lora_strength", "_lora_hook_handle"):
+        for name in ("lora_down", "lora_up", "alpha", "lora_stack", "lora_strength",
+                     "_lora_hook_handle"):
             delattr(layer, name)
 
 
 def lora_state_dict(dit: nn.Module, prefix: str = COMFY_PREFIX) -> dict[str, torch.Tensor]:
-    """The adapters as {prefix + layer + '.lora_up.weight' | '.lora_down.weight' | '.alpha'}."""
+    """The adapters as {prefix + layer + '.lora_up.weight' | '.lora_down.weight' | '.alpha'}
+    (the primary adapter of each layer: the one `add_lora` made; stacked ones are not saved)."""
     layers = lora_layers(dit)
     if not layers:
         raise ValueError("the model has no LoRA adapters to save; call add_lora first")
@@ -234,7 +266,8 @@ def load_lora(dit: nn.Module, lora: str | os.PathLike | Mapping[str, torch.Tenso
     mode 'merge': W += strength · (alpha / rank) · up @ down (and diffs), computed in float32 and
     stored in W's dtype. In place: copy the model first to keep the original.
     mode 'runtime': attach adapters (base weights untouched; `set_lora_strength` changes the
-    strength later, `remove_lora` takes them off). Only low-rank pairs; not `.diff` deltas.
+    strength later, `remove_lora` takes them off); a layer that has an adapter already gets a
+    further one stacked on it, so several LoRAs add up. Only low-rank pairs, not `.diff` deltas.
     """
     if mode not in LOAD_MODES:
         raise ValueError(f"mode must be one of {LOAD_MODES}, got {mode!r}")
@@ -258,9 +291,9 @@ def load_lora(dit: nn.Module, lora: str | os.PathLike | Mapping[str, torch.Tenso
                 rank = max(rank, r)
                 alpha = d.alpha if d.alpha is not None else float(r)
                 if mode == "runtime":
-                    _attach(layer, r, alpha, strength)
-                    layer.lora_up.weight.copy_(d.up.float())
-                    layer.lora_down.weight.copy_(d.down.float())
+                    adapter = _attach(layer, r, alpha, strength)
+                    adapter.lora_up.weight.copy_(d.up.float())
+                    adapter.lora_down.weight.copy_(d.down.float())
                     continue
                 delta = (alpha / r) * (d.up.float().to(layer.weight.device)
                                        @ d.down.float().to(layer.weight.device))
