@@ -67,12 +67,37 @@ class HostedModel:
     needs the memory. The module is never copied: ComfyUI moves the same parameters.
     """
 
-    def __init__(self, module: torch.nn.Module):
+    def __init__(self, module: torch.nn.Module, patcher=None):
         self.module = module
-        self.patcher = None
-        if HAVE_COMFY:
+        self.patcher = patcher
+        if patcher is None and HAVE_COMFY:
             self.patcher = _patcher.ModelPatcher(module, load_device=torch_device(),
                                                  offload_device=offload_device())
+
+    def with_lora(self, path: Path, strength: float) -> "HostedModel":
+        """A model with a LoRA applied at `strength`; this one is left unchanged.
+
+        Inside ComfyUI: ComfyUI's own LoRA patches on a clone of the ModelPatcher (weights are
+        patched when loaded and restored after, no copy of the model). Without ComfyUI: a copy
+        that shares every base tensor, with run-time adapters attached.
+        """
+        if self.patcher is not None:
+            import comfy.lora
+
+            from ..core.checkpoint import read_state_dict
+
+            patches = comfy.lora.load_lora(read_state_dict(path), lora_key_map(self.module))
+            if not patches:
+                raise ValueError(f"{path.name}: no LoRA weights match this model's layers; is it "
+                                 f"a LoRA for this model family?")
+            clone = self.patcher.clone()
+            clone.add_patches(patches, strength)
+            return HostedModel(self.module, patcher=clone)
+        from ..core.train.lora import load_lora
+
+        shared = share_parameters(self.module)
+        load_lora(shared, path, strength=strength, mode="runtime")
+        return HostedModel(shared)
 
     def prepare(self, memory_required: int = 0) -> torch.device:
         """Make the weights usable on the compute device and return that device."""
@@ -82,6 +107,27 @@ class HostedModel:
         device = torch_device()
         self.module.to(device)
         return device
+
+
+def lora_key_map(module: torch.nn.Module) -> dict[str, str]:
+    """LoRA key prefixes -> weight keys, for ComfyUI's `comfy.lora.load_lora`: the layouts
+    ComfyUI's own Wan LoRA loader accepts (`diffusion_model.`, kohya `lora_unet_`, bare names)."""
+    out = {}
+    for key, p in module.state_dict().items():
+        if key.endswith(".weight") and p.ndim == 2:
+            name = key[: -len(".weight")]
+            for alias in (f"diffusion_model.{name}", f"lora_unet_{name.replace('.', '_')}", name):
+                out[alias] = key
+    return out
+
+
+def share_parameters(module: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of `module` whose parameters and buffers are the very same tensors (no weight
+    memory is copied): adapters attached to the copy leave the original untouched."""
+    import copy
+
+    memo = {id(t): t for t in list(module.parameters()) + list(module.buffers())}
+    return copy.deepcopy(module, memo)
 
 
 # ------------------------------------------------------------------------------------ progress

@@ -68,6 +68,9 @@ def write_models(base: Path) -> None:
         save_file(dit_weights(get_preset(p), seed=1), str(base / "models" / "diffusion_models" / name))
     for name, p in VAE_FILES.items():
         save_file(vae_weights(vae_preset(p), seed=2), str(base / "models" / "vae" / name))
+    from test_nodes_e2e import write_lora
+
+    write_lora(base / "models" / "loras" / "test_lora.safetensors")
 
 
 def write_inputs(base: Path) -> None:

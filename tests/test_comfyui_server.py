@@ -46,6 +46,31 @@ def test_shipped_workflow_runs_through_the_queue(server, path):
     assert frames.shape == (9, 64, 64, 3)
 
 
+def test_lora_node_patches_through_comfyui(server):
+    """The LoRA node inside ComfyUI (patches on a ModelPatcher clone): strength 0 and the plain
+    model give the same video, strength 1.5 a different one, and the plain model afterwards is
+    unpatched again."""
+    from comfy_server import output_files, shrink
+
+    from core.video_io import read_video
+
+    base = shrink(json.loads((ROOT / "workflows" / "api" / "wan2.1_t2v_1.3b_text_to_video.json").read_text()))
+    videos = {}
+    for strength in (None, 0.0, 1.5, "again"):
+        prompt = json.loads(json.dumps(base))
+        prompt["10"]["inputs"]["filename_prefix"] = f"lora/{strength}"
+        if strength not in (None, "again"):
+            prompt["20"] = {"class_type": "FlowDiTLoraLoader",
+                            "inputs": {"model": ["1", 0], "lora_name": "test_lora.safetensors", "strength": strength}}
+            prompt["8"]["inputs"]["model"] = ["20", 0]
+        entry = server.wait(server.queue(prompt))
+        assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+        videos[strength] = read_video(output_files(server.base, entry)[0])[0].astype(float)
+    assert abs(videos[0.0] - videos[None]).max() == 0
+    assert abs(videos[1.5] - videos[None]).mean() > 1.0
+    assert abs(videos["again"] - videos[None]).max() == 0
+
+
 def test_interrupt_mid_sampling_leaves_the_server_ready(server):
     from comfy_server import shrink
 

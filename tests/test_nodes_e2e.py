@@ -1,5 +1,7 @@
 """Every node runs end to end through the fallback host adapter (no ComfyUI) on tiny random
 models written to a model folder: load -> latent -> sample -> decode -> IMAGE -> MP4."""
+import copy
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -26,7 +28,24 @@ def models_dir(tmp_path_factory):
         save_file(sd, str(root / "diffusion_models" / f"{name}.safetensors"))
     for name, p in VAE_PRESETS.items():
         save_file(vae_weights(vae_preset(p), seed=2), str(root / "vae" / f"vae{name}.safetensors"))
+    write_lora(root / "loras" / "test_lora.safetensors")
     return root
+
+
+def write_lora(path):
+    """A rank-4 LoRA for the tiny t2v model with non-zero up weights (so it changes the output)."""
+    from core.dit.config import get_preset
+    from core.dit.model import WanDiT
+    from core.train.lora import LoRAConfig, add_lora, lora_layers, save_lora
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dit = WanDiT(get_preset("tiny-t2v"))
+    add_lora(dit, LoRAConfig(rank=4), generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for layer in lora_layers(dit).values():
+            layer.lora_up.weight.copy_(0.2 * torch.randn(layer.lora_up.weight.shape, generator=g))
+    save_lora(dit, path)
 
 
 @pytest.fixture()
@@ -137,3 +156,22 @@ def test_user_mistakes_get_clear_errors(nodes):
         nodes["FlowDiTVAELoader"].load("../vae/vae2.1.safetensors")
     with pytest.raises(ValueError, match="stride"):
         nodes["FlowDiTEmptyVideoLatent"].generate(vae21, 36, 32, 5, 1)
+
+
+def test_lora_changes_the_model_and_leaves_the_input_unchanged(nodes, models_dir):
+    from core.train.lora import load_lora
+
+    (model,) = nodes["FlowDiTLoader"].load("t2v.safetensors", "default", "sdpa")
+    g = torch.Generator().manual_seed(0)
+    x, t, ctx = torch.randn(1, 16, 2, 4, 4, generator=g), torch.tensor([500.0]), text(3)[0][0]
+    before = model.module(x, t, ctx)
+    (zero,) = nodes["FlowDiTLoraLoader"].apply(model, "test_lora.safetensors", 0.0)
+    (lora,) = nodes["FlowDiTLoraLoader"].apply(model, "test_lora.safetensors", 1.0)
+    assert zero is model
+    with_lora = lora.module(x, t, ctx)
+    assert not torch.allclose(with_lora, before, atol=1e-4)
+    torch.testing.assert_close(model.module(x, t, ctx), before, rtol=0, atol=0)
+    # Run-time adapters equal the LoRA merged into a copy of the weights.
+    merged = copy.deepcopy(model.module)
+    load_lora(merged, models_dir / "loras" / "test_lora.safetensors", strength=1.0, mode="merge")
+    torch.testing.assert_close(merged(x, t, ctx), with_lora, rtol=1e-4, atol=1e-5)
