@@ -291,3 +291,9 @@ def test_config_rejects_impossible_combinations(change, message):
 def test_unknown_compute_dtype_is_refused():
     with pytest.raises(ValueError, match="fp8 is a storage format"):
         WanDiT(get_preset("tiny-t2v"), device="meta", compute_dtype=torch.float8_e4m3fn)
+
+
+def test_x_integer_dtype(t2v):
+    with pytest.raises(TypeError, match="floating-point latent"):
+        t2v(torch.zeros(1, 16, 2, 4, 4, dtype=torch.int64), torch.tensor([500.0]),
+            torch.randn(1, 4, 4096))

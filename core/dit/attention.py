@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +24,11 @@ log = logging.getLogger(__name__)
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 # Backend name -> the module that must be importable for it (None: part of torch).
-BACKEND_MODULES: dict[str, str | None] = {
+BACKEND_MODULES: Mapping[str, str | None] = MappingProxyType({
     "sdpa": None,
     "flash_attn": "flash_attn",
     "sageattention": "sageattention",
-}
+})
 # flash-attn and SageAttention run in half precision only.
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -59,8 +60,8 @@ def _sageattention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
     return _in_half(lambda a, b, c: sageattn(a, b, c, tensor_layout="NHD", is_causal=False), q, k, v)
 
 
-_BACKEND_FNS: dict[str, AttentionFn] = {
-    "sdpa": _sdpa, "flash_attn": _flash_attn, "sageattention": _sageattention}
+_BACKEND_FNS: Mapping[str, AttentionFn] = MappingProxyType({
+    "sdpa": _sdpa, "flash_attn": _flash_attn, "sageattention": _sageattention})
 
 
 def _importable(module: str | None) -> bool:

@@ -9,6 +9,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 
 import torch
 
@@ -101,7 +102,7 @@ class DiTConfig:
                 f"{self.in_dim}/{self.out_dim}, text width {self.text_dim}")
 
 
-PRESETS: dict[str, DiTConfig] = {
+PRESETS: Mapping[str, DiTConfig] = MappingProxyType({
     "wan2.1-t2v-1.3b": DiTConfig("t2v", dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
     "wan2.1-t2v-14b": DiTConfig("t2v", dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
     "wan2.1-i2v-14b": DiTConfig("i2v", in_dim=36, dim=5120, ffn_dim=13824, num_heads=40,
@@ -113,7 +114,7 @@ PRESETS: dict[str, DiTConfig] = {
     "tiny-i2v": DiTConfig("i2v", in_dim=36, dim=64, ffn_dim=128, num_heads=2, num_layers=2),
     "tiny-ti2v": DiTConfig("ti2v", in_dim=48, out_dim=48, dim=64, ffn_dim=128, num_heads=2,
                            num_layers=2),
-}
+})
 
 
 def get_preset(name: str, **overrides) -> DiTConfig:

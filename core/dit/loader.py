@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from types import MappingProxyType
 
 import torch
 
@@ -13,13 +14,13 @@ from ..checkpoint import read_state_dict, strip_prefix, summarize_keys
 from .config import MARKER_KEY, detect_config
 from .model import WanDiT
 
-DTYPE_NAMES = {
+DTYPE_NAMES: Mapping[str, torch.dtype] = MappingProxyType({
     "fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
     "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
     "fp64": torch.float64, "float64": torch.float64,
     "fp8_e4m3fn": torch.float8_e4m3fn, "float8_e4m3fn": torch.float8_e4m3fn,
     "fp8_e5m2": torch.float8_e5m2, "float8_e5m2": torch.float8_e5m2,
-}
+})
 WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64,
                  torch.float8_e4m3fn, torch.float8_e5m2)
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)

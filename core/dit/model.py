@@ -167,6 +167,8 @@ class WanDiT(nn.Module):
         for name, value in (("x", x), ("context", context)):
             if not isinstance(value, torch.Tensor):
                 raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point latent, got dtype {x.dtype}")
         if x.ndim != 5:
             raise ValueError(f"x must be a latent video [B, C, F, H, W], got shape {list(x.shape)}; "
                              f"add a batch dimension with x[None] if you have one video")

@@ -10,11 +10,13 @@ scores depend on relative positions only.
 """
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import torch
 from einops import rearrange
 
-COMPLEX_OF = {torch.float32: torch.complex64, torch.float64: torch.complex128}
-REAL_OF = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+COMPLEX_OF = MappingProxyType({torch.float32: torch.complex64, torch.float64: torch.complex128})
+REAL_OF = MappingProxyType({torch.complex64: torch.float32, torch.complex128: torch.float64})
 
 
 def rope_axes_dims(head_dim: int) -> tuple[int, int, int]:
