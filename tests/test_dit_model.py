@@ -297,3 +297,15 @@ def test_x_integer_dtype(t2v):
     with pytest.raises(TypeError, match="floating-point latent"):
         t2v(torch.zeros(1, 16, 2, 4, 4, dtype=torch.int64), torch.tensor([500.0]),
             torch.randn(1, 4, 4096))
+
+
+def test_gradients_reach_every_parameter():
+    # Training builds on this model: every parameter must get a gradient (per-token t included).
+    cfg = get_preset("tiny-i2v")
+    model = load_dit(random_state_dict(cfg, seed=4))
+    x, context, clip = _inputs(cfg, dtype=torch.float32)
+    t = torch.full((2, 18), 400.0)
+    t[:, :6] = 0.0
+    model(x, t, context, clip).square().mean().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not no_grad, no_grad
