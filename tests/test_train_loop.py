@@ -171,3 +171,41 @@ def test_config_errors(tmp_path):
         train(frozen, loss_fn, fixed_batch(), TrainConfig(steps=1, output_dir=str(tmp_path)))
     with pytest.raises(ValueError, match="empty"):
         train(tiny_dit(), loss_fn, [], TrainConfig(steps=1, output_dir=str(tmp_path)))
+
+
+def test_bf16_mixed_precision_keeps_the_dit_islands(tmp_path):
+    """'auto' is bf16 only on CUDA; forced bf16 runs the DiT's matmuls in bf16 (its own
+    compute_dtype, autocast off inside it) and gives gradients close to fp32."""
+    from core.train.loop import _autocast, own_compute_dtype, use_bf16
+
+    cpu = torch.device("cpu")
+    assert not use_bf16(TrainConfig(mixed_precision="auto"), cpu)
+    assert use_bf16(TrainConfig(mixed_precision="bf16"), cpu)
+    batch = DatasetBatches(fixed_batch(n=2)).get_batch(1, 2, 0, 1, 0)
+    grads = {}
+    for mode in ("no", "bf16"):
+        model = tiny_dit()
+        with own_compute_dtype(model, torch.bfloat16 if mode == "bf16" else None) as n, \
+                _autocast(TrainConfig(mixed_precision=mode), cpu):
+            assert n == (1 if mode == "bf16" else 0)
+            loss, _ = loss_fn(model, batch, torch.Generator().manual_seed(0))
+        loss.backward()
+        assert model.compute_dtype == torch.float32 and "forward" not in vars(model)  # restored
+        grads[mode] = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    rel = float((grads["bf16"] - grads["no"]).norm() / grads["no"].norm())
+    assert 0 < rel < 0.05, rel
+    result = train(tiny_dit(), loss_fn, fixed_batch(), TrainConfig(
+        steps=2, batch_size=2, mixed_precision="bf16", gradient_checkpointing=True,
+        output_dir=str(tmp_path), progress=False))
+    assert result.step == 2 and all(torch.isfinite(torch.tensor(result.losses)))
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_autocast_with_gradient_checkpointing(tmp_path):
+    model, data = tiny_dit(), fixed_batch()
+    before = eval_loss(model, data)
+    result = train(model, loss_fn, data, TrainConfig(
+        steps=60, batch_size=4, lr=1e-2, checkpoint_every=30, output_dir=str(tmp_path),
+        progress=False, gradient_checkpointing=True, device="cuda"))
+    after = eval_loss(model.cpu(), data)
+    assert result.step == 60 and after < 0.85 * before

@@ -1,4 +1,4 @@
-"""The training loop: AdamW, warm-up, gradient clipping, EMA, bf16 autocast, gradient
+"""The training loop: AdamW, warm-up, gradient clipping, EMA, bf16 mixed precision, gradient
 checkpointing, DistributedDataParallel, exact resume from atomic checkpoints, loss log and curve.
 
     train(model, loss_fn, data, TrainConfig(...)) -> TrainResult
@@ -12,6 +12,9 @@ the data position is the step number and resuming needs nothing else.
 Randomness: the generator handed to `loss_fn` is re-seeded every step from (seed, step, rank),
 so its draws depend on nothing else. The global torch RNGs (dropout inside the model) are saved
 for every rank in each checkpoint and restored on resume.
+
+Mixed precision: fp32 master weights; the forward runs under bf16 autocast, except inside
+modules that manage their own compute dtype (the DiT), which compute in bf16 with fp32 islands.
 
 Distributed: launched with `torchrun --nproc_per_node N`, the loop initialises the process group
 itself (gloo on CPU, NCCL on CUDA) unless the caller already did, gives each rank its slice of
@@ -58,7 +61,7 @@ class TrainConfig:
     keep_checkpoints: int = 2             # how many of the newest checkpoints stay on disk
     log_every: int = 10                   # flush loss.csv, print progress (non-tty) every N steps
     seed: int = 0                         # seeds the data order, the loss generator and the global RNGs
-    mixed_precision: str = "auto"         # 'auto': bf16 autocast on CUDA with bf16 support; 'bf16'; 'no'
+    mixed_precision: str = "auto"         # 'auto': bf16 on CUDA with bf16 support; 'bf16' (also CPU); 'no'
     gradient_checkpointing: bool = False  # recompute DiT blocks in backward: less memory, ~1/3 slower
     device: str = "auto"                  # 'auto' (cuda:LOCAL_RANK, else cpu) or a torch device string
     output_dir: str = "train_output"      # checkpoints/, loss.csv, loss.png, final weights
@@ -272,12 +275,44 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _autocast(config: TrainConfig, device: torch.device):
-    use = config.mixed_precision == "bf16" or (
+def use_bf16(config: TrainConfig, device: torch.device) -> bool:
+    """Whether this run computes in bf16: 'bf16', or 'auto' on a CUDA device that supports it."""
+    return config.mixed_precision == "bf16" or (
         config.mixed_precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
-    if not use:
+
+
+def _autocast(config: TrainConfig, device: torch.device):
+    if not use_bf16(config, device):
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+@contextmanager
+def own_compute_dtype(model: nn.Module, dtype: torch.dtype | None) -> Iterator[int]:
+    """Mixed precision for modules that manage their own compute dtype (a `compute_dtype`
+    attribute, as the DiT has: bf16 matmuls around fp32 norm/modulation islands): set it to
+    `dtype` and switch autocast off inside them, so autocast (used for the rest of the model)
+    cannot push their fp32 islands to bf16. Restored on exit. Yields how many modules."""
+    found = [m for m in model.modules() if isinstance(getattr(m, "compute_dtype", None), torch.dtype)]
+    if dtype is None or not found:
+        yield 0
+        return
+    saved = [(m, m.compute_dtype) for m in found]
+    for m in found:
+        m.compute_dtype = dtype
+        m.forward = functools.partial(_without_autocast, type(m).forward.__get__(m))
+    try:
+        yield len(found)
+    finally:
+        for m, original in saved:
+            m.compute_dtype = original
+            del m.forward
+
+
+def _without_autocast(forward: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+    with torch.autocast(device_type=device, enabled=False):
+        return forward(*args, **kwargs)
 
 
 def _rng_states(d: _Dist) -> dict[str, Any]:
@@ -379,7 +414,8 @@ def _run(model: nn.Module, loss_fn: LossFn, source: BatchSource, config: TrainCo
     bar = ProgressBar(config.steps, step, config.log_every) if (is_main and config.progress) else None
     generator = torch.Generator(device="cpu")
     loss_value, checkpoint = float("nan"), None
-    with gradient_checkpointing(model, config.gradient_checkpointing):
+    bf16 = torch.bfloat16 if use_bf16(config, d.device) else None
+    with gradient_checkpointing(model, config.gradient_checkpointing), own_compute_dtype(model, bf16):
         while step < config.steps:
             step += 1
             lr = config.lr_at(step)
