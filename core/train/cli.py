@@ -39,10 +39,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-CONFIG_KEYS = {"data", "vae", "dit", "dit_preset", "dit_dtype", "width", "height", "frames",
+CONFIG_KEYS = frozenset({"data", "vae", "dit", "dit_preset", "dit_dtype", "width", "height", "frames",
                "frame_stride", "cache_dir", "text_embeddings", "caption_dropout", "lora_rank",
                "lora_alpha", "lora_targets", "sampling", "shift", "logit_mean", "logit_std",
-               "first_frame_prob", "train"}
+               "first_frame_prob", "train"})
 PATH_KEYS = ("data", "vae", "dit", "cache_dir", "text_embeddings")
 
 
