@@ -10,8 +10,8 @@ getitem) or a `BatchSource`; which samples a step sees is a pure function of (se
 the data position is the step number and resuming needs nothing else.
 
 Randomness: the generator handed to `loss_fn` is re-seeded every step from (seed, step, rank),
-so its draws depend on nothing else. The global torch RNGs (dropout inside the model) are saved
-for every rank in each checkpoint and restored on resume.
+so its draws depend on nothing else. The global torch RNGs (dropout inside the model) are seeded
+from (seed, rank) at a fresh start, saved for every rank in each checkpoint, restored on resume.
 
 Mixed precision: fp32 master weights; the forward runs under bf16 autocast, except inside
 modules that manage their own compute dtype (the DiT), which compute in bf16 with fp32 islands.
@@ -36,7 +36,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpointing import latest_checkpoint, read_checkpoint, save_tensors, write_checkpoint
+from .checkpointing import (LATEST, latest_checkpoint, read_checkpoint, save_tensors,
+                            write_checkpoint)
 from .report import LossLog, ProgressBar, render_loss_curve
 
 LossFn = Callable[[nn.Module, Any, torch.Generator], "tuple[torch.Tensor, dict[str, Any]]"]
@@ -397,8 +398,9 @@ def _run(model: nn.Module, loss_fn: LossFn, source: BatchSource, config: TrainCo
         torch.manual_seed(mix_seed(config.seed, d.rank, 0x61))
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        if latest is None and log.path.exists():
-            log.path.unlink()
+        if latest is None:  # a fresh start: an older run's log and pointer must not mix in
+            log.path.unlink(missing_ok=True)
+            (ckpt_root / LATEST).unlink(missing_ok=True)
         elif latest is not None:
             log.truncate(step)
     if step >= config.steps:
