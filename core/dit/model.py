@@ -145,7 +145,9 @@ class WanDiT(nn.Module):
         attn = get_attention_backend(self.attention)
 
         tokens = self.patch_embedding(x.to(island))                      # [B, D, F', H', W']
-        tokens = rearrange(tokens, "B D F H W -> B (F H W) D")           # [B, L, D]
+        # contiguous: the residual stream keeps the layout it starts with, and a transposed one
+        # makes every later elementwise op and norm slow.
+        tokens = rearrange(tokens, "B D F H W -> B (F H W) D").contiguous()  # [B, L, D]
         values, index = token_times(t)                                   # [U], [B, Lt]
         e = self.time_embedding(sinusoidal_embedding(values, cfg.freq_dim).to(island))  # [U, D]
         e6 = rearrange(self.time_projection(e), "U (S D) -> U S D", S=6)  # [U, 6, D]
