@@ -309,3 +309,15 @@ def test_gradients_reach_every_parameter():
     model(x, t, context, clip).square().mean().backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not no_grad, no_grad
+
+
+def test_cast_linear_applies_a_large_weight_in_slices_for_few_rows():
+    # A few rows through a large low-precision weight: cast and applied slice by slice, same result.
+    from core.dit import ops
+
+    layer = ops.CastLinear(512, 3 * ops.CAST_SLICE_ELEMENTS // 512 + 7, dtype=torch.bfloat16)
+    torch.nn.init.normal_(layer.weight)
+    torch.nn.init.normal_(layer.bias)
+    x = torch.randn(2, 512)
+    expected = x @ layer.weight.float().T + layer.bias.float()
+    assert_close(layer(x), expected, rtol=1e-5, atol=1e-4)          # fp32 matmul, order differs

@@ -48,13 +48,14 @@ class WanBlock(nn.Module):
         def mod(i: int) -> torch.Tensor:                                # each token's vector i
             return times.pick(mods[:, i])                               # [B, Lt, D]
 
-        h = torch.addcmul(mod(0), self.norm1(x), 1 + mod(1))            # [B, L, D]
-        h = self.self_attn(h.to(compute_dtype), rope, attn)             # [B, L, D]
+        # Modulated inputs are cast in the same expression, so their float32 copy is freed at once.
+        h = torch.addcmul(mod(0), self.norm1(x), 1 + mod(1)).to(compute_dtype)  # [B, L, D]
+        h = self.self_attn(h, rope, attn)                               # [B, L, D]
         # Residual updates mix a compute-dtype branch into the float32 stream; type promotion
         # upcasts inside the kernel, with no separate cast pass.
         x = torch.addcmul(x, h, mod(2))                                 # [B, L, D]
         h = self.cross_attn(self.norm3(x).to(compute_dtype), context, context_img, attn)
         x = x + h                                                       # [B, L, D]
-        h = torch.addcmul(mod(3), self.norm2(x), 1 + mod(4))            # [B, L, D]
-        h = self.ffn(h.to(compute_dtype))                               # [B, L, D]
+        h = torch.addcmul(mod(3), self.norm2(x), 1 + mod(4)).to(compute_dtype)  # [B, L, D]
+        h = self.ffn(h)                                                 # [B, L, D]
         return torch.addcmul(x, h, mod(5))                              # [B, L, D]

@@ -47,8 +47,8 @@ class Head(nn.Module):
         """x: [B, L, D] float32; times.table: [U, 1, D] time embeddings -> [B, L, pf·ph·pw·C_out]."""
         mods = self.modulation.to(x.dtype) + times.table                # [U, 2, D]
         shift, scale = times.pick(mods[:, 0]), times.pick(mods[:, 1])   # [B, Lt, D] each
-        h = torch.addcmul(shift, self.norm(x), 1 + scale)               # [B, L, D]
-        return self.head(h.to(compute_dtype))                           # [B, L, pf·ph·pw·C]
+        h = torch.addcmul(shift, self.norm(x), 1 + scale).to(compute_dtype)  # [B, L, D]
+        return self.head(h)                                             # [B, L, pf·ph·pw·C]
 
 
 class ImageEmbedding(nn.Module):

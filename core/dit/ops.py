@@ -27,6 +27,14 @@ def island_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+# Casting a whole weight for a handful of input rows would allocate a full-size copy for little
+# work: the float32 timestep projection of a 14B model (2 rows through 5120 x 30720) would need
+# 630 MB. Such weights are cast and applied in slices of at most this many elements (16 MB fp32).
+CAST_SLICE_ELEMENTS = 1 << 22
+# Inputs with at most this many rows count as "a handful" (timestep MLPs: one row per timestep).
+FEW_ROWS = 64
+
+
 class CastLinear(nn.Linear):
     """nn.Linear that casts its weight and bias to the input's dtype at use."""
 
@@ -36,7 +44,15 @@ class CastLinear(nn.Linear):
         pass
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, cast_like(self.weight, x), cast_like(self.bias, x))
+        w = self.weight
+        needs_cast = w.dtype != x.dtype or w.device != x.device
+        if not needs_cast or w.numel() <= CAST_SLICE_ELEMENTS or x.numel() > FEW_ROWS * x.shape[-1]:
+            return F.linear(x, cast_like(w, x), cast_like(self.bias, x))
+        step = max(1, CAST_SLICE_ELEMENTS // w.shape[1])                # output features per slice
+        b = self.bias
+        return torch.cat([F.linear(x, cast_like(w[i:i + step], x),
+                                   None if b is None else cast_like(b[i:i + step], x))
+                          for i in range(0, w.shape[0], step)], dim=-1)
 
 
 class CastConv3d(nn.Conv3d):
