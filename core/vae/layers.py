@@ -74,7 +74,14 @@ class RMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(dim, *((1, 1) if images else (1, 1, 1))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(x, dim=1) * (self.scale * self.gamma)
+        # In place on normalize's fresh output (division does not save it for backward).
+        return F.normalize(x, dim=1).mul_(self.scale * self.gamma)
+
+
+def norm_silu(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
+    """SiLU(norm(x)); in place when no gradient is recorded (SiLU's backward needs its input),
+    which saves one activation-sized buffer per call."""
+    return F.silu(norm(x), inplace=not torch.is_grad_enabled())
 
 
 class ResidualBlock(nn.Module):
@@ -91,9 +98,11 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
         r = self.residual
-        h = r[2](r[1](r[0](x)), cache)                       # (B, out, T, H, W)
-        h = r[6](r[4](r[3](h)), cache)                       # (B, out, T, H, W)
-        return h + (x if self.shortcut is None else self.shortcut(x, cache))
+        # One rebinding per step, so each intermediate is freed as soon as it is used up.
+        h = r[2](norm_silu(r[0], x), cache)                  # (B, out, T, H, W)
+        h = norm_silu(r[3], h)
+        h = r[6](h, cache)                                   # (B, out, T, H, W)
+        return h.add_(x if self.shortcut is None else self.shortcut(x, cache))
 
 
 class AttentionBlock(nn.Module):
@@ -234,5 +243,10 @@ class Head(nn.Sequential):
     def __init__(self, dim: int, out_channels: int):
         super().__init__(RMSNorm(dim), nn.SiLU(), CausalConv3d(dim, out_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
-        return self[2](self[1](self[0](x)), cache)
+    def norm_act(self, x: torch.Tensor) -> torch.Tensor:
+        return norm_silu(self[0], x)
+
+    def conv(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
+        # Called as two steps by the encoders/decoders, so that they can drop their reference
+        # to the block output before the convolution allocates.
+        return self[2](x, cache)

@@ -84,7 +84,8 @@ class Encoder22(nn.Module):
         x = self.conv1(x, cache)
         for block in self.downsamples:
             x = block(x, cache)
-        return self.head(self.middle(x, cache), cache)
+        x = self.head.norm_act(self.middle(x, cache))
+        return self.head.conv(x, cache)
 
 
 class Decoder22(nn.Module):
@@ -108,4 +109,5 @@ class Decoder22(nn.Module):
         x = self.middle(self.conv1(x, cache), cache)
         for block in self.upsamples:
             x = block(x, cache)
-        return self.head(x, cache)
+        x = self.head.norm_act(x)
+        return self.head.conv(x, cache)
