@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .train.cli import add_train_parser  # `train`: core/train/cli.py
 
     add_train_parser(sub)
+    from .generate import add_generate_parser  # `generate`: core/generate.py
+
+    add_generate_parser(sub)
     return parser
 
 

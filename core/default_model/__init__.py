@@ -1,0 +1,1 @@
+"""The pack's own small default model: training scripts, export, evaluation."""

@@ -1,0 +1,1 @@
+"""Procedural data for the pack's default model (see `shapes`)."""

@@ -1,0 +1,193 @@
+"""The procedural data, the text encoder, and the shipped default model (loaded through the same
+loaders as real Wan checkpoints, scored with the model-independent scorer)."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from core.default_model import bundle
+from core.synthetic.shapes import (BACKGROUNDS, COLOURS, DIRECTIONS, HELD_OUT, SHAPES, ClipSpec,
+                                   caption_for, combinations, make_clip, parse_caption,
+                                   spec_for_seed)
+from core.text.encoder import TextEncoder, load_text_encoder, save_text_encoder
+
+# ----- procedural data ---------------------------------------------------------------------------
+
+
+def test_clips_are_deterministic_and_sized():
+    a, b = make_clip(11), make_clip(11)
+    assert a.caption == b.caption and np.array_equal(a.frames, b.frames)
+    assert a.frames.shape == (17, 64, 64, 3) and a.frames.dtype == np.uint8
+    assert not np.array_equal(make_clip(12).frames, a.frames)
+
+
+def test_caption_says_what_is_drawn():
+    for seed in range(30):
+        clip = make_clip(seed)
+        spec = clip.spec
+        assert clip.caption == (f"a {spec.colour} {spec.shape} moving {spec.direction} on a "
+                                f"{spec.background} background")
+        assert parse_caption(clip.caption) == (spec.colour, spec.shape, spec.direction,
+                                               spec.background)
+        frames = clip.frames.astype(int)
+        assert (frames[:, 0, 0] == BACKGROUNDS[spec.background]).all()      # corner: background
+        target = np.asarray(COLOURS[spec.colour])
+        hits = (np.abs(frames - target).sum(-1) <= 3).sum(axis=(1, 2))      # object pixels
+        assert (hits > 20).all(), "the object is visible in every frame"
+        dx, dy = DIRECTIONS[spec.direction]
+        x0, y0 = spec.centre(0)
+        x1, y1 = spec.centre(16)
+        assert np.sign(x1 - x0) == dx and np.sign(y1 - y0) == dy
+
+
+def test_object_stays_inside_the_frame():
+    for seed in range(200):
+        spec = spec_for_seed(seed, "train")
+        for t in (0, spec.frames - 1):
+            x, y = spec.centre(t)
+            assert spec.size <= x <= spec.width - spec.size
+            assert spec.size <= y <= spec.height - spec.size
+
+
+def test_held_out_combinations_never_in_training():
+    train = combinations("train")
+    held = combinations("heldout")
+    assert len(train) + len(held) == len(COLOURS) * len(SHAPES) * len(DIRECTIONS) * len(BACKGROUNDS)
+    assert not {(c, s, d) for c, s, d, _ in train} & set(HELD_OUT)
+    assert {(c, s, d) for c, s, d, _ in held} == set(HELD_OUT)
+    for seed in range(300):
+        spec = spec_for_seed(seed, "train")
+        assert (spec.colour, spec.shape, spec.direction) not in HELD_OUT
+    # Every word still appears in training on its own.
+    for i, values in enumerate((COLOURS, SHAPES, DIRECTIONS, BACKGROUNDS)):
+        assert {combo[i] for combo in train} == set(values)
+
+
+def test_bad_specs_and_captions_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown colour"):
+        ClipSpec("purple", "circle", "left", "black", 8.0, (32.0, 32.0), 1.0)
+    with pytest.raises(ValueError, match="4n"):
+        ClipSpec("red", "circle", "left", "black", 8.0, (32.0, 32.0), 1.0, frames=16)
+    with pytest.raises(ValueError, match="template"):
+        parse_caption("a red circle")
+    with pytest.raises(ValueError, match="split"):
+        spec_for_seed(0, "test")
+
+
+# ----- text encoder ------------------------------------------------------------------------------
+
+
+def test_text_encoder_round_trip_and_unknown_words(tmp_path):
+    torch.manual_seed(0)
+    encoder = TextEncoder(bundle.SHAPES_TEXT, bundle.VOCABULARY).eval()
+    caption = caption_for("red", "circle", "right", "black")
+    context = encoder.encode([caption, ""])
+    assert context.shape == (2, bundle.SHAPES_TEXT.max_len, bundle.SHAPES_TEXT.dim)
+    path = tmp_path / "text.safetensors"
+    save_text_encoder(encoder, path)
+    loaded = load_text_encoder(path)
+    assert loaded.tokenizer.vocabulary == encoder.tokenizer.vocabulary
+    torch.testing.assert_close(loaded.encode([caption, ""]), context)
+    with pytest.warns(UserWarning, match="purple"):
+        tokens = loaded.tokenizer.encode("a purple circle")
+    assert tokens[0, 1].item() == 1  # <unk>
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded.tokenizer.encode(caption)
+    with pytest.raises(ValueError, match="at most"):
+        loaded.tokenizer.encode(" ".join(["red"] * 40))
+
+
+def test_text_encoder_file_errors(tmp_path):
+    from safetensors.torch import save_file
+
+    with pytest.raises(FileNotFoundError):
+        load_text_encoder(tmp_path / "missing.safetensors")
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"x": torch.zeros(2)}, str(foreign))
+    with pytest.raises(ValueError, match="not a FlowDiT text encoder"):
+        load_text_encoder(foreign)
+
+
+# ----- the shipped model -------------------------------------------------------------------------
+
+shipped = pytest.mark.skipif(not bundle.is_shipped(), reason=(
+    "the default model's weights are not shipped yet (core/default_model/*/flowdit_shapes_*."
+    "safetensors); train them with the commands in core/default_model/MODEL_CARD.md"))
+
+# Three fixed prompts and seeds that the shipped model gets right (held-out triples).
+FIXED_CASES = (
+    ("yellow", "square", "right", "gray", 0),
+    ("red", "circle", "left", "black", 1),
+    ("cyan", "triangle", "right", "navy", 0),
+)
+
+
+@shipped
+def test_shipped_weights_load_through_the_generic_loaders():
+    from core.checkpoint import read_state_dict
+    from core.dit.config import detect_config as detect_dit
+    from core.vae.config import detect_config as detect_vae
+    from core.vae.latent_format import latent_format_for
+
+    total = sum(p.stat().st_size for p in bundle.FILES)
+    assert total <= 25 * 2**20, f"shipped weights are {total / 2**20:.1f} MB"
+    dit_config = detect_dit(read_state_dict(bundle.DIT_PATH, device="meta"))
+    assert (dit_config.in_dim, dit_config.out_dim, dit_config.text_dim) == (8, 8, 64)
+    assert dit_config.dim == bundle.SHAPES_DIT.dim
+    vae_config = detect_vae(read_state_dict(bundle.VAE_PATH, device="meta"))
+    assert vae_config.z_dim == 8 and vae_config.spatial_stride == 8
+    assert latent_format_for(vae_config.z_dim).name == "identity8"
+    model = bundle.load_default_model()
+    assert model.vae.latent_channels == model.dit.config.out_dim
+
+
+@shipped
+@pytest.mark.parametrize("case", FIXED_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_shipped_model_follows_prompts(case):
+    from core.generate import GenerateOptions, generate
+    from core.scorer import score_clip
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    colour, shape, direction, background, seed = case
+    frames = generate(GenerateOptions(caption_for(colour, shape, direction, background), seed=seed),
+                      _model())
+    assert frames.shape == (17, 64, 64, 3)
+    read = score_clip(frames)
+    assert read.matches(colour, direction, background), read
+
+
+@shipped
+def test_shipped_model_ti2v_keeps_the_first_frame():
+    from core.default_model.evaluate import Case
+    from core.generate import GenerateOptions, generate
+    from core.scorer import psnr, score_clip
+
+    case = Case("green", "square", "right", "black", 0)
+    image = case.first_frame()
+    frames = generate(GenerateOptions(case.prompt, image=image, seed=0), _model())
+    assert psnr(frames[0], image) > 25.0
+    assert score_clip(frames).direction == "right"
+
+
+def _model() -> bundle.DefaultModel:
+    # One load per test session.
+    if not hasattr(_model, "cached"):
+        _model.cached = bundle.load_default_model()
+    return _model.cached
+
+
+def test_generate_options_validate():
+    from core.generate import GenerateOptions
+
+    with pytest.raises(ValueError, match="prompt is empty"):
+        GenerateOptions("  ")
+    with pytest.raises(ValueError, match="4n"):
+        GenerateOptions("a red circle", frames=16)
+    with pytest.raises(ValueError, match="solver"):
+        GenerateOptions("a red circle", solver="ddim")
+    with pytest.raises(ValueError, match="multiple of 16"):
+        GenerateOptions("a red circle", width=60)
