@@ -175,3 +175,17 @@ def test_lora_changes_the_model_and_leaves_the_input_unchanged(nodes, models_dir
     merged = copy.deepcopy(model.module)
     load_lora(merged, models_dir / "loras" / "test_lora.safetensors", strength=1.0, mode="merge")
     torch.testing.assert_close(merged(x, t, ctx), with_lora, rtol=1e-4, atol=1e-5)
+
+
+def test_own_text_encoder_nodes_give_conditioning(nodes, models_dir, tmp_path):
+    from core.text.encoder import TextEncoder, TextEncoderConfig, save_text_encoder
+
+    vocab = ["a", "red", "circle", "moving", "right", "on", "black", "background"]
+    encoder = TextEncoder(TextEncoderConfig(vocab_size=len(vocab) + 2, dim=32), vocab)
+    (models_dir / "text_encoders").mkdir(exist_ok=True)
+    save_text_encoder(encoder, models_dir / "text_encoders" / "tiny_text.safetensors")
+    (loaded,) = nodes["FlowDiTTextEncoderLoader"].load("tiny_text.safetensors")
+    (cond,) = nodes["FlowDiTTextEncode"].encode(loaded, "a red circle moving right on a black background")
+    (null,) = nodes["FlowDiTTextEncode"].encode(loaded, "")
+    assert cond[0][0].shape == (1, 16, 32) and not torch.allclose(cond[0][0], null[0][0])
+    torch.testing.assert_close(cond[0][0], encoder.encode(["a red circle moving right on a black background"]))
