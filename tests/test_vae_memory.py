@@ -74,6 +74,7 @@ def _check(short, long):
     assert work_long <= 1.10 * work_short + 2 ** 20, (work_long, work_short)
 
 
+@pytest.mark.slow
 def test_decode_memory_is_flat_in_frames():
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("needs Linux /proc to measure peak memory")

@@ -55,6 +55,7 @@ def _rel_rms(a, b):
     return ((a - b).pow(2).mean().sqrt() / b.std()).item()
 
 
+@pytest.mark.slow
 def test_tiled_decode_and_encode_are_close(vae):
     g = torch.Generator().manual_seed(0)
     # A smooth video (like real footage): low-frequency noise, up-sampled.

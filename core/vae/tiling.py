@@ -19,8 +19,9 @@ import torch
 
 # Working memory of one decode chunk (one latent frame -> 4 pixel frames), in bytes per output
 # pixel per channel of decoder base width, for 4-byte floats. Measured with
-# tests/benchmarks/bench_vae.py (Wan2.1 width, 64x64, float32, CPU): ~290 bytes; set ~2.5x
-# higher for allocator fragmentation and backends that keep more temporaries.
+# tests/benchmarks/bench_vae.py (Wan2.1 width, float32, CPU): 86 MiB at 64x64, 57 MiB at 32x32,
+# i.e. ~100 bytes per pixel-channel on top of a fixed ~45 MiB, ~230 all in at 64x64; set well
+# above that for allocator fragmentation and backends that keep more temporaries.
 DECODE_BYTES_PER_PIXEL_CHANNEL = 800
 # Encoding one 4-frame chunk needs less than decoding one latent frame at the same pixel size
 # (see the benchmark's encode rows); the same headroom applies.
