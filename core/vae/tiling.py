@@ -19,13 +19,14 @@ import torch
 
 # Working memory of one decode chunk (one latent frame -> 4 pixel frames), in bytes per output
 # pixel per channel of decoder base width, for 4-byte floats. Measured with
-# tests/benchmarks/bench_vae.py (Wan2.1 width, float32, CPU): 86 MiB at 64x64, 57 MiB at 32x32,
-# i.e. ~100 bytes per pixel-channel on top of a fixed ~45 MiB, ~230 all in at 64x64; set well
-# above that for allocator fragmentation and backends that keep more temporaries.
-DECODE_BYTES_PER_PIXEL_CHANNEL = 800
+# tests/benchmarks/bench_vae.py (Wan2.1 width, float32, CPU): 86 MiB at 64x64, 305 MiB at
+# 128x128, i.e. ~200 bytes per pixel-channel; about half of it is the feature cache (two frames
+# per causal conv), the rest the chunk's live activations. Set 2x above, for allocator
+# fragmentation and backends that keep more temporaries.
+DECODE_BYTES_PER_PIXEL_CHANNEL = 400
 # Encoding one 4-frame chunk needs less than decoding one latent frame at the same pixel size
 # (see the benchmark's encode rows); the same headroom applies.
-ENCODE_BYTES_PER_PIXEL_CHANNEL = 500
+ENCODE_BYTES_PER_PIXEL_CHANNEL = 300
 # Without a way to ask the OS, assume this much free memory (bytes) on the CPU.
 FALLBACK_FREE_BYTES = 8 * 2 ** 30
 # Use at most this share of the free memory for one tile's working set.
