@@ -108,13 +108,16 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor,
                 attn: AttentionFn) -> torch.Tensor:
-        heads, wide = {"Nh": self.num_heads}, island_dtype(x.dtype)
-        # q and k go to float32 once, for both the norm and the rotation, and back once.
-        q = rearrange(self.norm_q(self.q(x).to(wide)), "B L (Nh Dh) -> B L Nh Dh", **heads)
-        k = rearrange(self.norm_k(self.k(x).to(wide)), "B L (Nh Dh) -> B L Nh Dh", **heads)
-        v = rearrange(self.v(x), "B L (Nh Dh) -> B L Nh Dh", **heads)
-        q, k = apply_rope(q, rope).to(x.dtype), apply_rope(k, rope).to(x.dtype)
-        return self.o(attn(q, k, v))                                    # [B, L, D]
+        wide = island_dtype(x.dtype)
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return rearrange(t, "B L (Nh Dh) -> B L Nh Dh", Nh=self.num_heads)
+
+        # q and k go to float32 once, for both the norm and the rotation, and back once; q is
+        # finished before k starts, so only one of them exists in float32 at a time.
+        q = apply_rope(split(self.norm_q(self.q(x).to(wide))), rope).to(x.dtype)  # [B, L, Nh, Dh]
+        k = apply_rope(split(self.norm_k(self.k(x).to(wide))), rope).to(x.dtype)  # [B, L, Nh, Dh]
+        return self.o(attn(q, k, split(self.v(x))))                     # [B, L, D]
 
 
 class CrossAttention(nn.Module):
