@@ -25,7 +25,7 @@ import torch
 # fragmentation and backends that keep more temporaries.
 DECODE_BYTES_PER_PIXEL_CHANNEL = 400
 # Encoding one 4-frame chunk needs a little less than decoding one latent frame (71 vs 86 MiB
-# (see the benchmark's encode rows); the same headroom applies.
+# at 64x64 in the benchmark's encode rows); the same headroom applies.
 ENCODE_BYTES_PER_PIXEL_CHANNEL = 400
 # Without a way to ask the OS, assume this much free memory (bytes) on the CPU.
 FALLBACK_FREE_BYTES = 8 * 2 ** 30
