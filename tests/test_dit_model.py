@@ -321,3 +321,13 @@ def test_cast_linear_applies_a_large_weight_in_slices_for_few_rows():
     x = torch.randn(2, 512)
     expected = x @ layer.weight.float().T + layer.bias.float()
     assert_close(layer(x), expected, rtol=1e-5, atol=1e-4)          # fp32 matmul, order differs
+
+
+def test_ffn_over_token_slices_equals_all_at_once(model64, monkeypatch):
+    from core.dit import block
+
+    x, context, _ = _inputs(model64.config)
+    t = torch.tensor([800.0, 123.5], dtype=torch.float64)
+    whole = model64(x, t, context)
+    monkeypatch.setattr(block, "FFN_SLICE_ELEMENTS", 5 * model64.config.ffn_dim * 2)  # 5 tokens
+    assert_close(model64(x, t, context), whole, **F64)
