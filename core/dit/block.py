@@ -64,5 +64,8 @@ class WanBlock(nn.Module):
         # The FFN's hidden activations are the largest tensors of the block (2 x L x ffn_dim);
         # running it over slices of tokens bounds them at no cost in speed (tokens are independent).
         step = max(1, FFN_SLICE_ELEMENTS // (h.shape[0] * self.ffn[0].out_features))
-        h = torch.cat([self.ffn(part) for part in h.split(step, dim=1)], dim=1)  # [B, L, D]
+        if h.shape[1] <= step:
+            h = self.ffn(h)                                             # [B, L, D]
+        else:
+            h = torch.cat([self.ffn(part) for part in h.split(step, dim=1)], dim=1)  # [B, L, D]
         return torch.addcmul(x, h, mod(5))                              # [B, L, D]
