@@ -57,11 +57,14 @@ class CausalConv3d(nn.Conv3d):
     def forward(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
         if self.past_frames:
             past = cache.past(self)
-            if past is None:
+            parts = [x] if past is None else [past, x]
+            missing = self.past_frames - (0 if past is None else past.shape[2])
+            if missing > 0:  # before the clip's start: zeros (never stored in the cache)
                 b, c, _, h, w = x.shape
-                past = x.new_zeros(b, c, self.past_frames, h, w)
-            x = torch.cat([past, x], dim=2)
-            cache.store(self, x[:, :, -self.past_frames:])
+                parts.insert(0, x.new_zeros(b, c, missing, h, w))
+            x = torch.cat(parts, dim=2)                     # (B, C, past_frames + T, H, W)
+            real = x.shape[2] - max(missing, 0)
+            cache.store(self, x[:, :, x.shape[2] - min(real, self.past_frames):])
         return super().forward(x)
 
 
