@@ -8,19 +8,9 @@ import torch
 
 from . import host
 from .handles import VAE_TYPE
-from .latents import MAX_LENGTH, MAX_SIZE, SIZE_STEP, check_video_size, latent_shape
+from .latents import check_video_size, latent_shape, video_size_inputs
 
-
-def video_size_inputs(width=1280, height=704, length=121):
-    return {
-        "width": ("INT", {"default": width, "min": SIZE_STEP, "max": MAX_SIZE, "step": SIZE_STEP,
-                          "tooltip": "Video width in pixels; the start image is scaled and centre-cropped to it."}),
-        "height": ("INT", {"default": height, "min": SIZE_STEP, "max": MAX_SIZE, "step": SIZE_STEP,
-                           "tooltip": "Video height in pixels."}),
-        "length": ("INT", {"default": length, "min": 1, "max": MAX_LENGTH, "step": 4,
-                           "tooltip": "Number of frames, 4n+1."}),
-        "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Videos per run."}),
-    }
+CROP_NOTE = " The start image is scaled and centre-cropped to it."
 
 
 def set_values(conditioning, values: dict):
@@ -51,7 +41,7 @@ class FlowDiTTI2VFirstFrame:
         return {"required": {
             "vae": (VAE_TYPE, {"tooltip": "The VAE of the model (Wan2.2 VAE for TI2V-5B)."}),
             "start_image": ("IMAGE", {"tooltip": "The first frame of the video."}),
-            **video_size_inputs(),
+            **video_size_inputs(1280, 704, 121, size_note=CROP_NOTE),
         }}
 
     @classmethod
@@ -84,7 +74,7 @@ class FlowDiTI2VConditioning:
             "negative": ("CONDITIONING", {"tooltip": "Negative text conditioning."}),
             "vae": (VAE_TYPE, {"tooltip": "The Wan2.1 VAE."}),
             "start_image": ("IMAGE", {"tooltip": "The first frame of the video."}),
-            **video_size_inputs(832, 480, 81),
+            **video_size_inputs(832, 480, 81, size_note=CROP_NOTE),
         }, "optional": {
             "clip_vision_output": ("CLIP_VISION_OUTPUT", {"tooltip":
                                    "From ComfyUI's CLIPVisionEncode (clip_vision_h), for the image tokens."}),

@@ -44,6 +44,23 @@ def latent_shape(vae, width: int, height: int, length: int, batch: int) -> tuple
     return (batch, vae.latent_channels, (length - 1) // ts + 1, height // s, width // s)
 
 
+def video_size_inputs(width: int = 832, height: int = 480, length: int = 81, batch: bool = True,
+                      size_note: str = "") -> dict:
+    """The width / height / length (/ batch_size) widgets shared by the nodes that size a video."""
+    inputs = {
+        "width": ("INT", {"default": width, "min": SIZE_STEP, "max": MAX_SIZE, "step": SIZE_STEP,
+                          "tooltip": f"Video width in pixels (multiple of 16; 32 for Wan2.2).{size_note}"}),
+        "height": ("INT", {"default": height, "min": SIZE_STEP, "max": MAX_SIZE, "step": SIZE_STEP,
+                           "tooltip": "Video height in pixels (multiple of 16; 32 for Wan2.2)."}),
+        "length": ("INT", {"default": length, "min": 1, "max": MAX_LENGTH, "step": 4,
+                           "tooltip": "Number of frames, 4n+1 (1 = a single image)."}),
+    }
+    if batch:
+        inputs["batch_size"] = ("INT", {"default": 1, "min": 1, "max": 64,
+                                        "tooltip": "How many videos to generate at once."})
+    return inputs
+
+
 class FlowDiTEmptyVideoLatent:
     DESCRIPTION = "An empty (all-zero) video latent sized for the chosen VAE, to start text-to-video."
     CATEGORY = "FlowDiT/latent"
@@ -57,14 +74,7 @@ class FlowDiTEmptyVideoLatent:
         return {"required": {
             "vae": (VAE_TYPE, {"tooltip": "Sets the latent channels and strides (Wan2.1: 16ch x8, "
                                           "Wan2.2: 48ch x16)."}),
-            "width": ("INT", {"default": 832, "min": SIZE_STEP, "max": MAX_SIZE, "step": SIZE_STEP,
-                              "tooltip": "Video width in pixels (multiple of 16; 32 for Wan2.2)."}),
-            "height": ("INT", {"default": 480, "min": SIZE_STEP, "max": MAX_SIZE, "step": SIZE_STEP,
-                               "tooltip": "Video height in pixels (multiple of 16; 32 for Wan2.2)."}),
-            "length": ("INT", {"default": 81, "min": 1, "max": MAX_LENGTH, "step": 4,
-                               "tooltip": "Number of frames, 4n+1 (1 = a single image)."}),
-            "batch_size": ("INT", {"default": 1, "min": 1, "max": 64,
-                                   "tooltip": "How many videos to generate at once."}),
+            **video_size_inputs(),
         }}
 
     @classmethod

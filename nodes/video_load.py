@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from . import host
-from .latents import MAX_LENGTH, MAX_SIZE, SIZE_STEP, check_video_size
+from .latents import check_video_size, video_size_inputs
 
 
 class FlowDiTLoadVideo:
@@ -20,12 +20,8 @@ class FlowDiTLoadVideo:
 
         return {"required": {
             "video": (host.input_files(VIDEO_SUFFIXES), {"tooltip": "A video in ComfyUI/input."}),
-            "width": ("INT", {"default": 832, "min": SIZE_STEP, "max": MAX_SIZE, "step": SIZE_STEP,
-                              "tooltip": "Output width; frames are scaled and centre-cropped."}),
-            "height": ("INT", {"default": 480, "min": SIZE_STEP, "max": MAX_SIZE, "step": SIZE_STEP,
-                               "tooltip": "Output height."}),
-            "length": ("INT", {"default": 81, "min": 1, "max": MAX_LENGTH, "step": 4,
-                               "tooltip": "Frames to keep from the start (4n+1)."}),
+            **video_size_inputs(batch=False, size_note=" Frames are scaled and centre-cropped;"
+                                                       " the first `length` are kept."),
         }}
 
     @classmethod
