@@ -6,9 +6,6 @@ with that ComfyUI's Python). ComfyUI is imported inside the fixture only, never 
 """
 from __future__ import annotations
 
-import importlib
-import sys
-
 import pytest
 import torch
 
@@ -19,23 +16,9 @@ TOLERANCE = 1e-4  # max abs diff, fp32 (the issue's bound)
 
 
 @pytest.fixture(scope="module")
-def comfy_wan(comfyui_path):
-    """ComfyUI's WanModel class and the ops it is built with, imported for CPU and plain SDPA."""
-    if str(comfyui_path) not in sys.path:
-        # Appended, so the pack's own top-level names (core, nodes) keep precedence.
-        sys.path.append(str(comfyui_path))
-    try:
-        cli_args = importlib.import_module("comfy.cli_args")
-    except ImportError as err:
-        pytest.skip(f"ComfyUI at {comfyui_path} does not import here ({err}); use its Python")
-    # Must be set before comfy.model_management is imported: CPU, and torch SDPA rather than
-    # ComfyUI's sub-quadratic CPU attention, so both sides run the same attention math.
-    cli_args.args.cpu = True
-    cli_args.args.use_pytorch_cross_attention = True
-    importlib.import_module("comfy.model_management")
-    ops = importlib.import_module("comfy.ops")
-    wan = importlib.import_module("comfy.ldm.wan.model")
-    return wan.WanModel, ops.disable_weight_init
+def comfy_wan(comfy):
+    """ComfyUI's WanModel class and the ops it is built with (CPU, plain SDPA; see conftest)."""
+    return comfy("comfy.ldm.wan.model").WanModel, comfy("comfy.ops").disable_weight_init
 
 
 def _comfy_model(comfy_wan, cfg, sd):
