@@ -37,6 +37,11 @@ def test_shipped_workflow_runs_through_the_queue(server, path):
 
     from core.video_io import read_video
 
+    if path.stem.startswith("flowdit_default"):
+        from core.default_model.bundle import is_shipped
+
+        if not is_shipped():
+            pytest.skip("the default model's weights are not in core/default_model/ yet")
     prompt = shrink(json.loads(path.read_text()))
     entry = server.wait(server.queue(prompt))
     assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]

@@ -55,7 +55,31 @@ def note(nid, text):
     return node(nid, "Note", {"text": text}, title="Model files")
 
 
+DEFAULT_PROMPT = "a yellow square moving up on a gray background"
+
 WORKFLOWS = {
+    "flowdit_default_text_to_video": [
+        node(1, "FlowDiTLoader", {"model_name": "flowdit_shapes_dit.safetensors", "weight_dtype": "default",
+                                  "attention": "sdpa"}),
+        node(2, "FlowDiTVAELoader", {"vae_name": "flowdit_shapes_vae.safetensors"}),
+        node(3, "FlowDiTTextEncoderLoader", {"text_encoder_name": "flowdit_shapes_text.safetensors"}),
+        node(4, "FlowDiTTextEncode", {"text": DEFAULT_PROMPT}, {"text_encoder": (3, 0)}, "Positive prompt"),
+        node(5, "FlowDiTTextEncode", {"text": ""}, {"text_encoder": (3, 0)}, "Negative prompt (empty)"),
+        node(6, "FlowDiTScheduler", {"steps": 20, "shift": 2.0, "denoise": 1.0}),
+        node(7, "FlowDiTEmptyVideoLatent", {"width": 64, "height": 64, "length": 17, "batch_size": 1},
+             {"vae": (2, 0)}),
+        node(8, "FlowDiTSampler", {"solver": "unipc", "cfg": 4.0, "seed": 0},
+             {"model": (1, 0), "positive": (4, 0), "negative": (5, 0), "latent": (7, 0), "sigmas": (6, 0)}),
+        node(9, "FlowDiTVAEDecode", {"tiling": "off", "tile_size": 256, "tile_overlap": 64},
+             {"vae": (2, 0), "latent": (8, 0)}),
+        node(10, "FlowDiTSaveVideo", {"fps": 8.0, "filename_prefix": "FlowDiT/shapes", "format": "mp4"},
+             {"images": (9, 0)}),
+        note(11, "FlowDiT's own small default model: runs offline on a CPU in seconds, no download.\n\n"
+                 "Its three files ship inside the pack (core/default_model/) and appear in the loaders "
+                 "next to your own models. It draws one shape (circle, square, triangle) of one colour "
+                 "moving left/right/up/down on a plain background, 64x64, 17 frames. Prompts look like: "
+                 f"'{DEFAULT_PROMPT}'."),
+    ],
     "wan2.2_ti2v_5b_text_to_video": [
         *wan_common("wan2.2_ti2v_5B_fp16.safetensors", "wan2.2_vae.safetensors",
                     "a red fox running through fresh snow in a pine forest, morning light, cinematic",
