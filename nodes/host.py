@@ -154,10 +154,11 @@ class Progress:
 
 
 def make_previewer(latent_channels: int):
-    """A function latent -> preview tuple for ComfyUI's progress bar, or None.
+    """A function normalised latent -> preview tuple for ComfyUI's progress bar, or None.
 
-    Uses ComfyUI's own latent->RGB factors of the Wan latent formats (16 or 48 channels) and
-    whatever preview method the user chose in ComfyUI's settings; other formats get no preview.
+    The Wan formats (16 / 48 channels) use ComfyUI's own previewer (its latent->RGB factors, or
+    whatever preview method the user chose); other formats use the core's `preview_rgb` factors
+    where the format has them (the pack's default model). Outside ComfyUI there are no previews.
     """
     if not HAVE_COMFY:
         return None
@@ -167,12 +168,30 @@ def make_previewer(latent_channels: int):
     except ImportError:
         return None
     fmt = {16: getattr(formats, "Wan21", None), 48: getattr(formats, "Wan22", None)}.get(latent_channels)
-    if fmt is None:
+    if fmt is not None:
+        previewer = latent_preview.get_previewer(torch_device(), fmt())
+        return None if previewer is None else (
+            lambda x0: previewer.decode_latent_to_preview_image("JPEG", x0))
+    from ..core.vae.latent_format import latent_format_for
+
+    core_format = latent_format_for(latent_channels)
+    if core_format.rgb_factors is None or latent_preview.args.preview_method == _no_previews():
         return None
-    previewer = latent_preview.get_previewer(torch_device(), fmt())
-    if previewer is None:
-        return None
-    return lambda x0: previewer.decode_latent_to_preview_image("JPEG", x0)
+
+    def preview(x0: torch.Tensor):
+        from PIL import Image
+
+        rgb = core_format.preview_rgb(x0.float())
+        pixels = ((rgb + 1.0) * 127.5).round().to(torch.uint8).cpu().numpy()
+        return ("JPEG", Image.fromarray(pixels), latent_preview.MAX_PREVIEW_RESOLUTION)
+
+    return preview
+
+
+def _no_previews():
+    from comfy.cli_args import LatentPreviewMethod
+
+    return LatentPreviewMethod.NoPreviews
 
 
 # ------------------------------------------------------------------------------------ folders

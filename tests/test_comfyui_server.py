@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 API_FILES = sorted((ROOT / "workflows" / "api").glob("*.json"))
@@ -138,3 +139,17 @@ def test_editor_loads_every_workflow_in_a_real_browser(server):
     assert report["widgets"]["length"] == 81 and report["widgets"]["width"] == 832
     assert report["widgets"]["schedulerDraws"]
     assert not [e for e in report["consoleErrors"] if "FlowDiT" in e or "flowdit" in e]
+
+
+def test_default_model_previews_when_enabled(comfy, pack, monkeypatch):
+    """In-process: with a preview method chosen, the sampler's previewer for the default model's
+    8-channel latents returns a JPEG preview tuple; with previews off, none is made."""
+    from comfy.cli_args import LatentPreviewMethod, args
+
+    monkeypatch.setattr(pack.nodes.host, "HAVE_COMFY", True)
+    monkeypatch.setattr(args, "preview_method", LatentPreviewMethod.NoPreviews)
+    assert pack.nodes.host.make_previewer(8) is None
+    monkeypatch.setattr(args, "preview_method", LatentPreviewMethod.Latent2RGB)
+    preview = pack.nodes.host.make_previewer(8)
+    kind, image, size = preview(torch.randn(1, 8, 5, 8, 8))
+    assert kind == "JPEG" and image.size == (8, 8) and size > 0
