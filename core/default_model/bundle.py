@@ -33,7 +33,7 @@ VOCABULARY: tuple[str, ...] = (("a", "moving", "on", "background") + tuple(COLOU
 # narrow models), text width = the text encoder's width. T2V and TI2V in one model (trained with
 # the first latent frame kept clean half of the time, as Wan2.2 TI2V-5B).
 SHAPES_DIT = DiTConfig("t2v", in_dim=8, out_dim=8, dim=128, ffn_dim=512, text_dim=64,
-                       num_heads=4, num_layers=6)
+                       num_heads=4, num_layers=4)
 SHAPES_TEXT = TextEncoderConfig(vocab_size=len(VOCABULARY) + 2, dim=64, num_layers=2,
                                 num_heads=2, max_len=16)
 

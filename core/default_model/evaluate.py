@@ -101,8 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--only-sweep", action="store_true", help="skip the default-settings table")
     parser.add_argument("--sweep-seeds", type=int, default=1)
-    parser.add_argument("--sweep-steps", default="4,8,12,20")
+    parser.add_argument("--sweep-steps", default="4,10,20")
+    parser.add_argument("--cfg", type=float, default=bundle.DEFAULT_CFG)
     parser.add_argument("--split", default="heldout", choices=("heldout", "train"))
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -113,18 +115,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| mode | settings | n | colour+direction | colour | direction | background | "
           f"first-frame PSNR |")
     print("|---|---|---|---|---|---|---|---|")
-    for ti2v in (False, True):
+    for ti2v in (() if args.only_sweep else (False, True)):
         t0 = time.time()
-        clips = generate_batch(model, cases, ti2v=ti2v, **defaults)
+        clips = generate_batch(model, cases, ti2v=ti2v, cfg=args.cfg, **defaults)
         r = score(cases, clips, ti2v)
         ff = (f"{r['first_frame_psnr_mean']:.1f} dB (min {r['first_frame_psnr_min']:.1f})"
               if ti2v else "-")
         print(f"| {'TI2V' if ti2v else 'T2V'} | {defaults['solver']}, {defaults['steps']} steps, "
-              f"shift {bundle.DEFAULT_SHIFT}, cfg {bundle.DEFAULT_CFG} | {r['n']} | "
+              f"shift {bundle.DEFAULT_SHIFT}, cfg {args.cfg} | {r['n']} | "
               f"{r['adherence']:.1%} | {r['colour']:.1%} | {r['direction']:.1%} | "
               f"{r['background']:.1%} | {ff} |", flush=True)
         print(f"  ({time.time() - t0:.0f}s)", flush=True)
-    if args.sweep:
+    if args.sweep or args.only_sweep:
         sweep_cases = heldout_cases(args.sweep_seeds, args.split)
         steps_list = [int(s) for s in args.sweep_steps.split(",")]
         print(f"\nT2V colour+direction adherence, {len(sweep_cases)} held-out prompts x seeds:\n")
@@ -133,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         for solver in ("euler", "heun", "dpmpp_2m", "unipc"):
             cells = []
             for steps in steps_list:
-                clips = generate_batch(model, sweep_cases, steps=steps, solver=solver)
+                clips = generate_batch(model, sweep_cases, steps=steps, solver=solver, cfg=args.cfg)
                 cells.append(f"{score(sweep_cases, clips)['adherence']:.0%}")
             print(f"| {solver} | " + " | ".join(cells) + " |", flush=True)
     return 0

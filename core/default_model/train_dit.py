@@ -69,8 +69,10 @@ def shapes_loss(model: ShapesModel, batch: dict[str, torch.Tensor], generator: t
 
 
 @torch.no_grad()
-def cache_latents(vae_path: Path, clips: int, out: Path, batch: int = 16) -> Path:
-    """Encode training clips 0..clips-1 once; saves {'latents', 'captions'} to `out` (resumes)."""
+def cache_latents(vae_path: Path, clips: int, out: Path, batch: int = 16,
+                  shard: tuple[int, int] = (0, 1)) -> Path:
+    """Encode training clips 0..clips-1 once; saves {'latents', 'captions'} to `out` (resumes).
+    shard=(k, n) encodes only the seeds s with s % n == k (run n processes, then `merge_shards`)."""
     from ..vae.loader import load_vae
 
     vae = load_vae(vae_path)
@@ -80,18 +82,27 @@ def cache_latents(vae_path: Path, clips: int, out: Path, batch: int = 16) -> Pat
     if partial.exists():
         state = torch.load(partial, weights_only=True)
         done, captions = [state["latents"]], list(state["captions"])
+    seeds = [s for s in range(clips) if s % shard[1] == shard[0]]
     start, t0 = len(captions), time.time()
-    for first in range(start, clips, batch):
-        group = [make_clip(seed, "train") for seed in range(first, min(first + batch, clips))]
+    for first in range(start, len(seeds), batch):
+        group = [make_clip(seed, "train") for seed in seeds[first:first + batch]]
         x = torch.stack([to_tensor(c.frames) for c in group])              # [b, 3, T, H, W]
         done.append(vae.encode(x).float())                                 # [b, z, F, h, w]
         captions += [c.caption for c in group]
         torch.save({"latents": torch.cat(done), "captions": captions}, partial)
-        print(f"encoded {len(captions)}/{clips} clips ({time.time() - t0:.0f}s)", flush=True)
+        print(f"encoded {len(captions)}/{len(seeds)} clips ({time.time() - t0:.0f}s)", flush=True)
     latents = torch.cat(done)
     torch.save({"latents": latents, "captions": captions}, out)
     partial.unlink(missing_ok=True)
     print(f"latents {tuple(latents.shape)}: mean {latents.mean():.3f} std {latents.std():.3f}")
+    return out
+
+
+def merge_shards(parts: list[Path], out: Path) -> Path:
+    """Concatenate shard caches (any order of seeds is fine for training)."""
+    states = [torch.load(p, weights_only=True) for p in parts]
+    torch.save({"latents": torch.cat([s["latents"] for s in states]),
+                "captions": [c for s in states for c in s["captions"]]}, out)
     return out
 
 
@@ -121,12 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="/tmp/flowdit_train/dit")
     parser.add_argument("--clips", type=int, default=2000)
     parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--export", action="store_true", help="only export the newest checkpoint")
+    parser.add_argument("--shards", type=int, default=1,
+                        help="encode in this many processes: run with --shard k for k < shards "
+                             "first, then without --shard to merge and train")
+    parser.add_argument("--shard", type=int, default=None)
     args = parser.parse_args(argv)
     # One thread: on a shared 2-core machine, OpenMP's second thread mostly waits (6x slower).
     torch.set_num_threads(args.threads)
@@ -137,7 +152,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     work.mkdir(parents=True, exist_ok=True)
     cache = work / f"latents_{args.clips}.pt"
-    if not cache.exists():
+    if args.shard is not None:
+        cache_latents(Path(args.vae), args.clips, work / f"shard{args.shard}of{args.shards}.pt",
+                      shard=(args.shard, args.shards))
+        return 0
+    parts = [work / f"shard{k}of{args.shards}.pt" for k in range(args.shards)]
+    if not cache.exists() and args.shards > 1:
+        merge_shards(parts, cache)
+    elif not cache.exists():
         cache_latents(Path(args.vae), args.clips, cache)
     data = torch.load(cache, weights_only=True)
     model = ShapesModel()

@@ -66,8 +66,9 @@ class WordTokenizer:
     def words(text: str) -> list[str]:
         return _WORD.findall(text.lower())
 
-    def encode(self, texts: list[str] | str) -> torch.Tensor:
-        """Token ids [B, max_len] (int64); unknown words -> <unk> with one warning per call."""
+    def encode(self, texts: list[str] | str, stacklevel: int = 2) -> torch.Tensor:
+        """Token ids [B, max_len] (int64); unknown words -> <unk> with one warning per call
+        (`stacklevel` as for warnings.warn, so the warning names the caller's line)."""
         if isinstance(texts, str):
             texts = [texts]
         out = torch.full((len(texts), self.max_len), self._ids[PAD], dtype=torch.long)
@@ -86,7 +87,7 @@ class WordTokenizer:
         if unknown:
             known = ", ".join(w for w in self.vocabulary if w not in SPECIAL_TOKENS)
             warnings.warn(f"unknown word(s) {sorted(set(unknown))} replaced by {UNK}: the default "
-                          f"model only knows: {known}", stacklevel=2)
+                          f"model only knows: {known}", stacklevel=stacklevel)
         return out
 
 
@@ -128,7 +129,7 @@ class TextEncoder(nn.Module):
     @torch.no_grad()
     def encode(self, texts: list[str] | str) -> torch.Tensor:
         """Captions -> context [B, L, D] on the encoder's device ("" is the null condition)."""
-        tokens = self.tokenizer.encode(texts).to(self.position_embedding.device)
+        tokens = self.tokenizer.encode(texts, stacklevel=4).to(self.position_embedding.device)
         return self.forward(tokens)
 
 
