@@ -97,6 +97,18 @@ def score(cases: list[Case], clips: list[np.ndarray], ti2v: bool = False) -> dic
     return result
 
 
+def _write_cases(path: str, cases: list[Case], clips: list[np.ndarray]) -> None:
+    import json
+    from dataclasses import asdict
+
+    with open(path, "w") as f:
+        for case, clip in zip(cases, clips):
+            read = score_clip(clip)
+            f.write(json.dumps({**asdict(case), "read_colour": read.colour,
+                                "read_direction": read.direction,
+                                "read_background": read.background}) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=2)
@@ -107,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cfg", type=float, default=bundle.DEFAULT_CFG)
     parser.add_argument("--split", default="heldout", choices=("heldout", "train"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cases-out", default=None,
+                        help="write each T2V case and what the scorer read (JSON lines) here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = bundle.load_default_model()
@@ -119,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         clips = generate_batch(model, cases, ti2v=ti2v, cfg=args.cfg, **defaults)
         r = score(cases, clips, ti2v)
+        if args.cases_out and not ti2v:
+            _write_cases(args.cases_out, cases, clips)
         ff = (f"{r['first_frame_psnr_mean']:.1f} dB (min {r['first_frame_psnr_min']:.1f})"
               if ti2v else "-")
         print(f"| {'TI2V' if ti2v else 'T2V'} | {defaults['solver']}, {defaults['steps']} steps, "
