@@ -13,7 +13,6 @@ import argparse
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -4,7 +4,8 @@
     # 2. train (resumable: checkpoints in --work/run/checkpoints, `--resume` continues)
     # 3. export the EMA weights as the shipped .safetensors files
     python -m core.default_model.train_dit --vae core/default_model/vae/flowdit_shapes_vae.safetensors \
-        --work /tmp/flowdit_train/dit --clips 2000 --steps 2000 [--resume] [--export]
+        --work /tmp/flowdit_train/dit --clips 1200 --steps 4500 [--resume] [--export]
+    (the exact commands of the shipped run are in MODEL_CARD.md)
 
 One nn.Module (`ShapesModel`) holds the WanDiT and the TextEncoder; the loss encodes the captions
 (10% of them replaced by the empty caption, the null condition for classifier-free guidance) and
