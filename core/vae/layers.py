@@ -253,3 +253,27 @@ class Head(nn.Sequential):
         # Called as two steps by the encoders/decoders, so that they can drop their reference
         # to the block output before the convolution allocates.
         return self[2](x, cache)
+
+
+class EncoderStack(nn.Module):
+    """The forward pass both Wan encoders share: conv1, the down-sampling blocks, middle, head.
+    Subclasses build `conv1`, `downsamples`, `middle` and `head` under the checkpoint key names."""
+
+    def forward(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
+        x = self.conv1(x, cache)
+        for block in self.downsamples:
+            x = block(x, cache)
+        x = self.head.norm_act(self.middle(x, cache))
+        return self.head.conv(x, cache)
+
+
+class DecoderStack(nn.Module):
+    """The forward pass both Wan decoders share: conv1, middle, the up-sampling blocks, head.
+    Subclasses build `conv1`, `middle`, `upsamples` and `head` under the checkpoint key names."""
+
+    def forward(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
+        x = self.middle(self.conv1(x, cache), cache)
+        for block in self.upsamples:
+            x = block(x, cache)
+        x = self.head.norm_act(x)
+        return self.head.conv(x, cache)

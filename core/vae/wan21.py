@@ -11,14 +11,13 @@
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from .config import VAEConfig
-from .layers import CausalConv3d, FeatureCache, Head, Middle, Resample, ResidualBlock
+from .layers import CausalConv3d, DecoderStack, EncoderStack, Head, Middle, Resample, ResidualBlock
 
 
-class Encoder21(nn.Module):
+class Encoder21(EncoderStack):
     """[B, 3, T, H, W] chunk -> [B, 2z, T', H/8, W/8] (mean and log-variance)."""
 
     def __init__(self, cfg: VAEConfig):
@@ -37,15 +36,8 @@ class Encoder21(nn.Module):
         self.middle = Middle(dims[-1])
         self.head = Head(dims[-1], cfg.z_dim * 2)
 
-    def forward(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
-        x = self.conv1(x, cache)
-        for block in self.downsamples:
-            x = block(x, cache)
-        x = self.head.norm_act(self.middle(x, cache))
-        return self.head.conv(x, cache)
 
-
-class Decoder21(nn.Module):
+class Decoder21(DecoderStack):
     """[B, z, F, h, w] chunk -> [B, 3, T, 8h, 8w]."""
 
     def __init__(self, cfg: VAEConfig):
@@ -66,10 +58,3 @@ class Decoder21(nn.Module):
                 blocks.append(Resample(out_dim, "upsample3d" if temporal_up[i] else "upsample2d"))
         self.upsamples = nn.Sequential(*blocks)
         self.head = Head(dims[-1], cfg.in_channels)
-
-    def forward(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
-        x = self.middle(self.conv1(x, cache), cache)
-        for block in self.upsamples:
-            x = block(x, cache)
-        x = self.head.norm_act(x)
-        return self.head.conv(x, cache)

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from .config import VAEConfig
-from .layers import AvgDown3D, CausalConv3d, DupUp3D, FeatureCache, Head, Middle, Resample, \
-    ResidualBlock
+from .layers import AvgDown3D, CausalConv3d, DecoderStack, DupUp3D, EncoderStack, FeatureCache, \
+    Head, Middle, Resample, ResidualBlock
 
 
 class DownResidualBlock(nn.Module):
@@ -64,7 +64,7 @@ class UpResidualBlock(nn.Module):
         return h if self.avg_shortcut is None else h + self.avg_shortcut(x, cache)
 
 
-class Encoder22(nn.Module):
+class Encoder22(EncoderStack):
     """[B, 12, T, H/2, W/2] patchified chunk -> [B, 2z, T', H/16, W/16]."""
 
     def __init__(self, cfg: VAEConfig):
@@ -80,15 +80,8 @@ class Encoder22(nn.Module):
         self.middle = Middle(dims[-1])
         self.head = Head(dims[-1], cfg.z_dim * 2)
 
-    def forward(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
-        x = self.conv1(x, cache)
-        for block in self.downsamples:
-            x = block(x, cache)
-        x = self.head.norm_act(self.middle(x, cache))
-        return self.head.conv(x, cache)
 
-
-class Decoder22(nn.Module):
+class Decoder22(DecoderStack):
     """[B, z, F, h, w] chunk -> [B, 12, T, 8h, 8w] (unpatchified to 16h x 16w by the caller)."""
 
     def __init__(self, cfg: VAEConfig):
@@ -104,10 +97,3 @@ class Decoder22(nn.Module):
                             temporal=i < n_up and temporal_up[i], spatial=i < n_up)
             for i in range(len(mult))))
         self.head = Head(dims[-1], cfg.in_channels)
-
-    def forward(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
-        x = self.middle(self.conv1(x, cache), cache)
-        for block in self.upsamples:
-            x = block(x, cache)
-        x = self.head.norm_act(x)
-        return self.head.conv(x, cache)
