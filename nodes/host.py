@@ -4,13 +4,10 @@ torch behaviour, so the nodes run anywhere.
 """
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
 import torch
-
-log = logging.getLogger("FlowDiT")
 
 try:  # ComfyUI present: use its machinery.
     import comfy.model_management as _mm
@@ -27,10 +24,6 @@ PACK_MODELS_DIR = Path(__file__).resolve().parent.parent / "core" / "default_mod
 # Outside ComfyUI, model folders are looked up under this directory (or the env var).
 FALLBACK_MODELS_ENV = "FLOWDIT_MODELS_DIR"
 MODEL_SUFFIXES = (".safetensors", ".sft", ".pth", ".pt", ".ckpt")
-
-
-class Interrupted(Exception):
-    """Raised in the fallback when a cancel was requested (ComfyUI raises its own)."""
 
 
 # ---------------------------------------------------------------------------------------- devices
@@ -222,6 +215,20 @@ def check_model_name(name: str) -> str | None:
         return (f"model name {name!r} must be a file inside the model folder (no absolute paths, "
                 f"no '..'); put the file into the folder and pick it from the list")
     return None
+
+
+def validate_model_choice(folder: str, name: str | None):
+    """VALIDATE_INPUTS helper for a loader's file widget: True, or the reason it is unusable.
+    Naming the input there skips ComfyUI's own "value not in list" check, so the listing is
+    checked here too. `None` (a linked input, unknown at validation) passes."""
+    if name is None:
+        return True
+    problem = check_model_name(name)
+    if problem is not None:
+        return problem
+    if name not in model_names(folder):
+        return f"{name!r} is not in the '{folder}' model folder; put the file into ComfyUI/models/{folder}/"
+    return True
 
 
 def model_path(folder: str, name: str) -> Path:

@@ -32,17 +32,6 @@ def compute_dtype_for(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def _validate_name(folder: str, name: str):
-    """VALIDATE_INPUTS helper. Naming the input there skips ComfyUI's own "value not in list"
-    check, so the listing is checked here too."""
-    problem = host.check_model_name(name)
-    if problem is not None:
-        return problem
-    if name not in host.model_names(folder):
-        return f"{name!r} is not in the '{folder}' model folder; put the file into ComfyUI/models/{folder}/"
-    return True
-
-
 class FlowDiTLoader:
     DESCRIPTION = ("Loads a Wan-family video DiT (Wan2.1 T2V/I2V, Wan2.2 TI2V-5B, or the pack's own "
                    "small model). The configuration is detected from the file.")
@@ -70,7 +59,7 @@ class FlowDiTLoader:
 
     @classmethod
     def VALIDATE_INPUTS(cls, model_name=None):
-        return _validate_name("diffusion_models", model_name) if model_name is not None else True
+        return host.validate_model_choice("diffusion_models", model_name)
 
     def load(self, model_name, weight_dtype="default", attention="sdpa"):
         from ..core.dit.loader import load_dit
@@ -103,7 +92,7 @@ class FlowDiTVAELoader:
 
     @classmethod
     def VALIDATE_INPUTS(cls, vae_name=None):
-        return _validate_name("vae", vae_name) if vae_name is not None else True
+        return host.validate_model_choice("vae", vae_name)
 
     def load(self, vae_name):
         from ..core.vae.loader import load_vae

@@ -6,7 +6,6 @@ from dataclasses import replace
 
 from . import host
 from .handles import MODEL_TYPE
-from .loaders import _validate_name
 
 
 class FlowDiTLoraLoader:
@@ -29,7 +28,7 @@ class FlowDiTLoraLoader:
 
     @classmethod
     def VALIDATE_INPUTS(cls, lora_name=None):
-        return _validate_name("loras", lora_name) if lora_name is not None else True
+        return host.validate_model_choice("loras", lora_name)
 
     def apply(self, model, lora_name, strength=1.0):
         if strength == 0.0:

@@ -3,7 +3,6 @@ ComfyUI's native CONDITIONING. Wan checkpoints use ComfyUI's umT5 (Load CLIP, ty
 from __future__ import annotations
 
 from . import host
-from .loaders import _validate_name
 
 TEXT_TYPE = "FLOWDIT_TEXT_ENCODER"
 
@@ -26,9 +25,7 @@ class FlowDiTTextEncoderLoader:
 
     @classmethod
     def VALIDATE_INPUTS(cls, text_encoder_name=None):
-        if text_encoder_name is None:
-            return True
-        return _validate_name("text_encoders", text_encoder_name)
+        return host.validate_model_choice("text_encoders", text_encoder_name)
 
     def load(self, text_encoder_name):
         from ..core.text.encoder import load_text_encoder
