@@ -70,7 +70,7 @@ def export(ckpt: Path, out: Path, check_clips: int = 4, do_fold: bool = True) ->
         step = -1
     else:
         state = torch.load(ckpt, weights_only=True)
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state.get("ema", state["model"]))   # tune_decoder keeps an EMA
         step = int(state["step"])
     model.eval()
     x = torch.stack([to_tensor(make_clip(2000 + i, "heldout").frames) for i in range(check_clips)])

@@ -1,0 +1,223 @@
+"""Tune the default VAE's decoder with its encoder frozen, on single images and on video crops.
+
+    python -m core.default_model.tune_decoder --out /tmp/flowdit_train/vae_tune [--minutes 60] [--resume]
+    python -m core.default_model.export_vae --ckpt /tmp/flowdit_train/vae_tune/last.pt --no-fold
+
+Why a second decoder stage: in TI2V the first output frame is the decoder's first chunk applied to
+the encoder's latent of the given image, so its fidelity is the single-image round trip of the VAE.
+The first stage (`train_vae`) sees the first frame only once per 17-frame clip; this stage adds
+batches of whole single frames (the T = 1 path: every causal time convolution sees only its
+zero-padded past) to batches of video crops (the later chunks), so the first-frame path trains
+without the video path drifting. The encoder and `conv1` stay frozen, so the latent space the DiT
+was trained on is unchanged; the encoder's latents are therefore computed once and cached.
+
+Checkpoints (`<out>/last.pt`: weights, EMA weights, optimiser, step, elapsed time) are written
+atomically every `--every` seconds with held-out PSNRs; the exported weights are the EMA.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..synthetic.shapes import make_clip, spec_for_seed, render, to_tensor
+from ..vae.layers import FeatureCache
+from ..vae.model import WanVAEModel
+from .bundle import VAE_PATH
+from .train_vae import SHAPES_VAE, _save, psnr
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    minutes: float = 60.0       # wall-clock budget; the learning rate decays (cosine) over it
+    lr: float = 4e-4            # peak AdamW learning rate
+    warmup: int = 20
+    images: int = 16            # whole 64x64 single frames per step (the first-frame path)
+    clips: int = 1              # video crops per step (the later chunks)
+    latent_frames: int = 3      # latent frames per video crop, from the stream's start (9 frames)
+    crop: int = 4               # video crop in latent cells (x8 pixels)
+    ema: float = 0.998
+    clip_grad: float = 1.0
+    every_s: float = 300.0
+    max_steps: int | None = None  # stop here even if time is left (tests)
+    heldout_images: int = 48    # held-out single frames scored at each checkpoint
+    heldout_clips: int = 6      # held-out whole clips scored at each checkpoint
+
+
+@dataclass(frozen=True)
+class Cache:
+    """Training frames and their frozen-encoder latents (from the training split only)."""
+    images: torch.Tensor        # uint8 [N, H, W, 3]: random frames of training clips
+    image_latents: torch.Tensor  # [N, z, 1, h, w]: each encoded as a single frame
+    clips: torch.Tensor         # uint8 [K, T, H, W, 3]
+    clip_latents: torch.Tensor  # [K, z, F, h, w]
+    centres: torch.Tensor       # [K, T, 2] object centre (x, y) per frame, pixels
+
+
+@torch.no_grad()
+def build_cache(model: WanVAEModel, n_clips: int, images_per_clip: int, seed0: int = 200_000,
+                batch: int = 16) -> Cache:
+    rng = np.random.default_rng(seed0)
+    clips, centres, images = [], [], []
+    for k in range(n_clips):
+        spec = spec_for_seed(seed0 + k, "train")
+        frames = render(spec)
+        clips.append(frames)
+        centres.append([spec.centre(t) for t in range(spec.frames)])
+        for t in rng.choice(spec.frames, size=images_per_clip, replace=False):
+            images.append(frames[t])
+    clips_u8 = torch.from_numpy(np.stack(clips))
+    images_u8 = torch.from_numpy(np.stack(images))
+
+    def encode(frames_u8: torch.Tensor) -> torch.Tensor:        # [b, T, H, W, 3] -> latents
+        return model.encode_stream(to_tensor_batch(frames_u8))
+
+    clip_latents = torch.cat([encode(clips_u8[i:i + batch]) for i in range(0, n_clips, batch)])
+    image_latents = torch.cat([encode(images_u8[i:i + 4 * batch, None])
+                               for i in range(0, len(images_u8), 4 * batch)])
+    return Cache(images_u8, image_latents, clips_u8, clip_latents,
+                 torch.tensor(np.array(centres), dtype=torch.float32))
+
+
+def to_tensor_batch(frames_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] -> float [B, 3, T, H, W] in [-1, 1]."""
+    return frames_u8.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
+
+
+def decode_with_grad(model: WanVAEModel, latent: torch.Tensor) -> torch.Tensor:
+    """Full causal decoder pass with gradients: raw latent [B, z, F, h, w] -> [B, 3, T, H, W]."""
+    return model.decoder(model.conv2(latent, FeatureCache()), FeatureCache())
+
+
+def video_batch(cache: Cache, cfg: TuneConfig, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latent crops [B, z, F, c, c] around the object and their pixels [B, 3, T, 8c, 8c]."""
+    n, _, _, h, w = cache.clip_latents.shape
+    lat, pix = [], []
+    for k in torch.randint(0, n, (cfg.clips,), generator=g).tolist():
+        t = int(torch.randint(0, 4 * cfg.latent_frames - 3, (1,), generator=g))
+        cx, cy = (cache.centres[k, t] / 8).tolist()
+        jx, jy = (torch.rand(2, generator=g) - 0.5) * cfg.crop / 2
+        top = int(np.clip(round(cy + float(jy) - cfg.crop / 2), 0, h - cfg.crop))
+        left = int(np.clip(round(cx + float(jx) - cfg.crop / 2), 0, w - cfg.crop))
+        frames = 4 * (cfg.latent_frames - 1) + 1
+        lat.append(cache.clip_latents[k, :, :cfg.latent_frames, top:top + cfg.crop, left:left + cfg.crop])
+        pix.append(cache.clips[k, :frames, 8 * top:8 * (top + cfg.crop), 8 * left:8 * (left + cfg.crop)])
+    return torch.stack(lat), to_tensor_batch(torch.stack(pix))
+
+
+@torch.no_grad()
+def heldout_scores(model: WanVAEModel, images: int = 48, clips: int = 6) -> dict[str, float]:
+    """Mean per-image PSNR of single held-out frames, and the PSNR of whole held-out clips."""
+    rng = np.random.default_rng(7)
+    frames = [make_clip(3000 + i, "heldout").frames[int(rng.integers(17))] for i in range(images)]
+    x = to_tensor_batch(torch.from_numpy(np.stack(frames))[:, None])
+    y = model.decode_stream(model.encode_stream(x)).clamp(-1, 1)
+    per = [psnr(y[i:i + 1], x[i:i + 1]) for i in range(images)]
+    v = torch.stack([to_tensor(make_clip(1000 + i, "heldout").frames) for i in range(clips)])
+    video = model.decode_stream(model.encode_stream(v)).clamp(-1, 1)
+    return {"image_mean": float(np.mean(per)), "image_min": float(np.min(per)),
+            "video": psnr(video, v)}
+
+
+def tune(out: Path, init: Path, cfg: TuneConfig, resume: bool = False, n_clips: int = 400,
+         images_per_clip: int = 8) -> None:
+    from safetensors.torch import load_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    model = WanVAEModel(SHAPES_VAE)
+    model.load_state_dict(load_file(str(init)))
+    model.eval()
+    cache_path = out / f"cache_{n_clips}x{images_per_clip}.pt"
+    if cache_path.exists():
+        cache = Cache(**torch.load(cache_path, weights_only=True))
+    else:
+        t0 = time.time()
+        cache = build_cache(model, n_clips, images_per_clip)
+        _save(cache_path, cache.__dict__)
+        print(f"cached {len(cache.images)} images and {n_clips} clips in {time.time() - t0:.0f}s",
+              flush=True)
+    for module in (model.encoder, model.conv1):
+        module.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    step, elapsed = 0, 0.0
+    last = out / "last.pt"
+    if resume and last.exists():
+        state = torch.load(last, weights_only=True)
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        step, elapsed = int(state["step"]), float(state["elapsed"])
+        print(f"resumed at step {step} ({elapsed / 60:.1f} min)", flush=True)
+    else:
+        print("start", heldout_scores(model, cfg.heldout_images, cfg.heldout_clips), flush=True)
+    g = torch.Generator().manual_seed(step)
+    budget = cfg.minutes * 60
+    t0, last_ckpt = time.time() - elapsed, time.time()
+    model.train()
+    while True:
+        frac = min(1.0, (time.time() - t0) / budget)
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(0, len(cache.images), (cfg.images,), generator=g)
+        x_img = to_tensor_batch(cache.images[idx][:, None])
+        d_img = decode_with_grad(model, cache.image_latents[idx]) - x_img
+        loss = d_img.abs().mean() + d_img.pow(2).mean()
+        if cfg.clips:
+            z_vid, x_vid = video_batch(cache, cfg, g)
+            d_vid = decode_with_grad(model, z_vid) - x_vid
+            loss = loss + d_vid.abs().mean() + d_vid.pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
+        opt.step()
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - cfg.ema)
+        step += 1
+        now = time.time() - t0
+        if step % 20 == 0:
+            p_img = 10 * math.log10(4.0 / d_img.pow(2).mean().item())
+            p_vid = 10 * math.log10(4.0 / d_vid.pow(2).mean().item()) if cfg.clips else math.nan
+            print(f"step {step} t {now:.0f}s lr {lr:.2e} image psnr {p_img:.2f} "
+                  f"video-crop psnr {p_vid:.2f} gnorm {gnorm:.2f}", flush=True)
+        done = now >= budget or (cfg.max_steps is not None and step >= cfg.max_steps)
+        if done or time.time() - last_ckpt > cfg.every_s:
+            _save(last, {"model": model.state_dict(), "ema": ema.state_dict(),
+                         "opt": opt.state_dict(), "step": step, "elapsed": now})
+            scores = heldout_scores(ema, cfg.heldout_images, cfg.heldout_clips)
+            print(f"checkpoint step {step}: held-out (EMA) {scores}", flush=True)
+            last_ckpt = time.time()
+        if done:
+            break
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="/tmp/flowdit_train/vae_tune")
+    parser.add_argument("--init", default=str(VAE_PATH), help="VAE weights to start from")
+    parser.add_argument("--minutes", type=float, default=TuneConfig.minutes)
+    parser.add_argument("--lr", type=float, default=TuneConfig.lr)
+    parser.add_argument("--images", type=int, default=TuneConfig.images)
+    parser.add_argument("--clips", type=int, default=TuneConfig.clips,
+                        help="video crops per step (0: single images only)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 is fastest on a shared 2-core machine)")
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    tune(Path(args.out), Path(args.init), TuneConfig(minutes=args.minutes, lr=args.lr, images=args.images,
+                                                     clips=args.clips), args.resume)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

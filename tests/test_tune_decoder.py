@@ -1,0 +1,41 @@
+"""The default VAE's decoder tuning stage: it must leave the encoder (the DiT's latent space) alone."""
+from __future__ import annotations
+
+import torch
+
+from core.default_model.export_vae import export
+from core.default_model.train_vae import SHAPES_VAE, init_for_training
+from core.default_model.tune_decoder import TuneConfig, tune
+from core.synthetic.shapes import make_clip, to_tensor
+from core.train.checkpointing import save_tensors
+from core.vae.loader import load_vae
+from core.vae.model import WanVAEModel
+
+
+def test_tuning_changes_only_the_decoder(tmp_path):
+    torch.manual_seed(0)
+    model = WanVAEModel(SHAPES_VAE)
+    init_for_training(model, seed=0)
+    init = tmp_path / "init.safetensors"
+    save_tensors(model.state_dict(), init)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    cfg = TuneConfig(minutes=10, lr=1e-3, warmup=1, images=2, clips=1, max_steps=3,
+                     heldout_images=2, heldout_clips=1)
+    tune(tmp_path / "run", init, cfg, n_clips=2, images_per_clip=2)
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["step"] == 3
+    for weights in (state["model"], state["ema"]):
+        frozen = [k for k in before if k.startswith(("encoder.", "conv1."))]
+        tuned = [k for k in before if k.startswith(("decoder.", "conv2."))]
+        assert frozen and tuned and len(frozen) + len(tuned) == len(before)
+        assert all(torch.equal(weights[k], before[k]) for k in frozen)
+        changed = [k for k in tuned if not torch.equal(weights[k], before[k])]
+        assert len(changed) > len(tuned) // 2, f"only {len(changed)} of {len(tuned)} changed"
+
+    # The exported file loads through the generic loader and encodes exactly as before.
+    out = tmp_path / "tuned.safetensors"
+    export(tmp_path / "run" / "last.pt", out, check_clips=1, do_fold=False)
+    x = to_tensor(make_clip(5, "heldout").frames)[None, :, :5]
+    with torch.no_grad():
+        assert torch.equal(load_vae(out).encode(x), load_vae(init).encode(x))
