@@ -39,3 +39,32 @@ def test_tuning_changes_only_the_decoder(tmp_path):
     x = to_tensor(make_clip(5, "heldout").frames)[None, :, :5]
     with torch.no_grad():
         assert torch.equal(load_vae(out).encode(x), load_vae(init).encode(x))
+
+
+def test_keep_first_frame_tunes_only_what_later_frames_use(tmp_path):
+    model = WanVAEModel(SHAPES_VAE)
+    init_for_training(model, seed=1)
+    init = tmp_path / "init.safetensors"
+    save_tensors(model.state_dict(), init)
+
+    cfg = TuneConfig(minutes=10, lr=1e-2, warmup=1, images=0, clips=1, keep_first_frame=True,
+                     max_steps=2, heldout_images=1, heldout_clips=1)
+    tune(tmp_path / "run", init, cfg, n_clips=2, images_per_clip=1)
+    tuned = WanVAEModel(SHAPES_VAE)
+    tuned.load_state_dict(torch.load(tmp_path / "run" / "last.pt", weights_only=True)["model"])
+
+    # What may change: past taps of causal time convolutions and the time up-sampling convs.
+    before = model.state_dict()
+    for key, value in tuned.state_dict().items():
+        if "time_conv" in key:
+            continue
+        if key.endswith(".weight") and value.dim() == 5 and value.shape[2] == 3:
+            assert torch.equal(value[:, :, 2], before[key][:, :, 2]), key   # the current tap
+        else:
+            assert torch.equal(value, before[key]), key
+    x = to_tensor(make_clip(3, "heldout").frames)[None, :, :9]
+    with torch.no_grad():
+        z = model.encode_stream(x)
+        old, new = model.decode_stream(z), tuned.decode_stream(z)
+    assert torch.equal(new[:, :, 0], old[:, :, 0])            # the first frame, bit for bit
+    assert (new[:, :, 1:] - old[:, :, 1:]).abs().max() > 1e-3  # later frames did train

@@ -45,9 +45,18 @@ class TuneConfig:
     ema: float = 0.998
     clip_grad: float = 1.0
     every_s: float = 300.0
+    keep_first_frame: bool = False  # train only weights the first frame does not depend on
     max_steps: int | None = None  # stop here even if time is left (tests)
     heldout_images: int = 48    # held-out single frames scored at each checkpoint
     heldout_clips: int = 6      # held-out whole clips scored at each checkpoint
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.latent_frames <= 5:
+            raise ValueError(f"latent_frames must be 1..5 (17-frame clips), got {self.latent_frames}")
+        if self.images < 0 or self.clips < 0 or self.images + self.clips == 0:
+            raise ValueError(f"need images or clips per step, got {self.images} and {self.clips}")
+        if not 1 <= self.crop <= 8:
+            raise ValueError(f"crop is in latent cells, 1..8, got {self.crop}")
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,26 @@ def heldout_scores(model: WanVAEModel, images: int = 48, clips: int = 6) -> dict
             "video": psnr(video, v)}
 
 
+def first_frame_free(model: WanVAEModel, latents: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{name: 0/1 mask} of the decoder weights that the first decoded frame does not depend on:
+    the past taps of the causal time convolutions and the time up-sampling convolutions, which a
+    stream's first chunk never uses. Found, not listed: an element is free when the gradient of
+    a random projection of the first frame (decoded from `latents[:, :, :1]`) is exactly zero
+    for it on two projections."""
+    free: dict[str, torch.Tensor] = {}
+    for seed in range(2):
+        model.zero_grad(set_to_none=True)
+        y = decode_with_grad(model, latents[:, :, :1])
+        weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed))
+        (y * weights).sum().backward()
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                zero = torch.ones_like(param) if param.grad is None else (param.grad == 0).float()
+                free[name] = free.get(name, zero) * zero
+    model.zero_grad(set_to_none=True)
+    return {name: mask for name, mask in free.items() if bool(mask.any())}
+
+
 def tune(out: Path, init: Path, cfg: TuneConfig, resume: bool = False, n_clips: int = 400,
          images_per_clip: int = 8) -> None:
     from safetensors.torch import load_file
@@ -144,6 +173,15 @@ def tune(out: Path, init: Path, cfg: TuneConfig, resume: bool = False, n_clips: 
               flush=True)
     for module in (model.encoder, model.conv1):
         module.requires_grad_(False)
+    if cfg.keep_first_frame:
+        masks = first_frame_free(model, cache.image_latents[:8])
+        for name, param in model.named_parameters():
+            if name in masks:
+                param.register_hook(lambda grad, mask=masks[name]: grad * mask)
+            else:
+                param.requires_grad_(False)
+        print(f"{sum(int(m.sum()) for m in masks.values())} weights in {len(masks)} tensors do "
+              "not reach the first frame; only those train", flush=True)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -167,10 +205,12 @@ def tune(out: Path, init: Path, cfg: TuneConfig, resume: bool = False, n_clips: 
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
         for group in opt.param_groups:
             group["lr"] = lr
-        idx = torch.randint(0, len(cache.images), (cfg.images,), generator=g)
-        x_img = to_tensor_batch(cache.images[idx][:, None])
-        d_img = decode_with_grad(model, cache.image_latents[idx]) - x_img
-        loss = d_img.abs().mean() + d_img.pow(2).mean()
+        loss = torch.zeros(())
+        if cfg.images:
+            idx = torch.randint(0, len(cache.images), (cfg.images,), generator=g)
+            x_img = to_tensor_batch(cache.images[idx][:, None])
+            d_img = decode_with_grad(model, cache.image_latents[idx]) - x_img
+            loss = loss + d_img.abs().mean() + d_img.pow(2).mean()
         if cfg.clips:
             z_vid, x_vid = video_batch(cache, cfg, g)
             d_vid = decode_with_grad(model, z_vid) - x_vid
@@ -185,7 +225,7 @@ def tune(out: Path, init: Path, cfg: TuneConfig, resume: bool = False, n_clips: 
         step += 1
         now = time.time() - t0
         if step % 20 == 0:
-            p_img = 10 * math.log10(4.0 / d_img.pow(2).mean().item())
+            p_img = 10 * math.log10(4.0 / d_img.pow(2).mean().item()) if cfg.images else math.nan
             p_vid = 10 * math.log10(4.0 / d_vid.pow(2).mean().item()) if cfg.clips else math.nan
             print(f"step {step} t {now:.0f}s lr {lr:.2e} image psnr {p_img:.2f} "
                   f"video-crop psnr {p_vid:.2f} gnorm {gnorm:.2f}", flush=True)
@@ -209,13 +249,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=TuneConfig.images)
     parser.add_argument("--clips", type=int, default=TuneConfig.clips,
                         help="video crops per step (0: single images only)")
+    parser.add_argument("--latent-frames", type=int, default=TuneConfig.latent_frames,
+                        help="latent frames per video crop (3: 9 frames, 5: 17 frames)")
+    parser.add_argument("--keep-first-frame", action="store_true",
+                        help="train only the weights that the first decoded frame does not use "
+                             "(video crops only; the first frame stays bit-identical)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is fastest on a shared 2-core machine)")
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    tune(Path(args.out), Path(args.init), TuneConfig(minutes=args.minutes, lr=args.lr, images=args.images,
-                                                     clips=args.clips), args.resume)
+    tune(Path(args.out), Path(args.init), TuneConfig(
+        minutes=args.minutes, lr=args.lr, images=0 if args.keep_first_frame else args.images,
+        clips=args.clips, latent_frames=args.latent_frames, keep_first_frame=args.keep_first_frame), args.resume)
     return 0
 
 
