@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from ..synthetic.shapes import make_clip, spec_for_seed, render, to_tensor
-from ..vae.layers import FeatureCache
+from ..vae.layers import CausalConv3d, FeatureCache
 from ..vae.model import WanVAEModel
 from .bundle import VAE_PATH
 from .train_vae import SHAPES_VAE, _save, psnr
@@ -149,9 +149,14 @@ def heldout_scores(model: WanVAEModel, images: int = 48, clips: int = 6) -> dict
 def first_frame_free(model: WanVAEModel, latents: torch.Tensor) -> dict[str, torch.Tensor]:
     """{name: 0/1 mask} of the decoder weights that the first decoded frame does not depend on:
     the past taps of the causal time convolutions and the time up-sampling convolutions, which a
-    stream's first chunk never uses. Found, not listed: an element is free when the gradient of
-    a random projection of the first frame (decoded from `latents[:, :, :1]`) is exactly zero
-    for it on two projections."""
+    stream's first chunk never uses. Among the weights of causal convolutions with a time kernel
+    (the only place time enters), an element is free when the gradient of a random projection of
+    the first frame (decoded from `latents[:, :, :1]`) is exactly zero on two projections.
+    Elsewhere exact zeros are numerical accidents of invariances (the attention's key bias shifts
+    every logit of a row equally) and such weights would still change the frame by rounding."""
+    temporal = {f"{prefix}.{name}" for prefix, module in model.named_modules()
+                if isinstance(module, CausalConv3d) and module.kernel_size[0] > 1
+                for name, _ in module.named_parameters(recurse=False)}
     free: dict[str, torch.Tensor] = {}
     for seed in range(2):
         model.zero_grad(set_to_none=True)
@@ -159,7 +164,7 @@ def first_frame_free(model: WanVAEModel, latents: torch.Tensor) -> dict[str, tor
         weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed))
         (y * weights).sum().backward()
         for name, param in model.named_parameters():
-            if param.requires_grad:
+            if param.requires_grad and name in temporal:
                 zero = torch.ones_like(param) if param.grad is None else (param.grad == 0).float()
                 free[name] = free.get(name, zero) * zero
     model.zero_grad(set_to_none=True)
