@@ -136,6 +136,25 @@ def _save(path: Path, state: dict) -> None:
     os.replace(tmp, path)  # atomic: a crash mid-write never corrupts the last good checkpoint
 
 
+def cosine_lr(peak: float, warmup: int, step: int, frac: float) -> float:
+    """Linear warm-up over `warmup` steps, then cosine from `peak` to 5% of it as the wall-clock
+    fraction `frac` of the budget goes from 0 to 1."""
+    return peak * min(1.0, (step + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                    ema: torch.nn.Module | None = None) -> tuple[int, float]:
+    """Restore weights, optimiser (and EMA) from `path`; returns (step, elapsed seconds)."""
+    state = torch.load(path, weights_only=True)
+    model.load_state_dict(state["model"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    opt.load_state_dict(state["opt"])
+    step, elapsed = int(state["step"]), float(state["elapsed"])
+    print(f"resumed at step {step} ({elapsed / 60:.1f} min)", flush=True)
+    return step, elapsed
+
+
 def train(out: Path, cfg: VAETrainConfig, resume: bool, init: Path | None = None,
           decoder_only: bool = False) -> None:
     """Train from scratch, or from `init` (official-key .safetensors); `decoder_only` freezes the
@@ -156,11 +175,7 @@ def train(out: Path, cfg: VAETrainConfig, resume: bool, init: Path | None = None
     step, elapsed = 0, 0.0
     last = out / "last.pt"
     if resume and last.exists():
-        state = torch.load(last, weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        step, elapsed = int(state["step"]), float(state["elapsed"])
-        print(f"resumed at step {step} ({elapsed / 60:.1f} min)", flush=True)
+        step, elapsed = load_checkpoint(last, model, opt)
     budget = cfg.minutes * 60
     log = open(out / "log.csv", "a")
     gen = torch.Generator().manual_seed(cfg.seed + step)
@@ -168,7 +183,7 @@ def train(out: Path, cfg: VAETrainConfig, resume: bool, init: Path | None = None
     model.train()
     while time.time() - t0 < budget:
         frac = (time.time() - t0) / budget
-        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        lr = cosine_lr(cfg.lr, cfg.warmup, step, frac)
         for group in opt.param_groups:
             group["lr"] = lr
         x = training_batch(step, cfg)

@@ -42,7 +42,7 @@ from ..synthetic.shapes import make_clip, spec_for_seed, render, to_tensor
 from ..vae.layers import CausalConv3d, FeatureCache
 from ..vae.model import WanVAEModel
 from .bundle import VAE_PATH
-from .train_vae import SHAPES_VAE, _save, psnr
+from .train_vae import SHAPES_VAE, _save, cosine_lr, load_checkpoint, psnr
 
 
 @dataclass(frozen=True)
@@ -205,12 +205,7 @@ def tune(out: Path, init: Path, cfg: TuneConfig, resume: bool = False, n_clips: 
     step, elapsed = 0, 0.0
     last = out / "last.pt"
     if resume and last.exists():
-        state = torch.load(last, weights_only=True)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        step, elapsed = int(state["step"]), float(state["elapsed"])
-        print(f"resumed at step {step} ({elapsed / 60:.1f} min)", flush=True)
+        step, elapsed = load_checkpoint(last, model, opt, ema)
     else:
         print("start", heldout_scores(model, cfg.heldout_images, cfg.heldout_clips), flush=True)
     g = torch.Generator().manual_seed(step)
@@ -219,7 +214,7 @@ def tune(out: Path, init: Path, cfg: TuneConfig, resume: bool = False, n_clips: 
     model.train()
     while True:
         frac = min(1.0, (time.time() - t0) / budget)
-        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+        lr = cosine_lr(cfg.lr, cfg.warmup, step, frac)
         for group in opt.param_groups:
             group["lr"] = lr
         loss = torch.zeros(())
