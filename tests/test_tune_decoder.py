@@ -1,4 +1,4 @@
-"""The default VAE's decoder tuning stage: it must leave the encoder (the DiT's latent space) alone."""
+"""The default VAE's decoder tuning: it leaves the encoder (the DiT's latent space) alone."""
 from __future__ import annotations
 
 import torch

@@ -1,8 +1,10 @@
-"""Tune the default VAE's decoder with its encoder frozen: first the first-frame path, then the rest.
+"""Tune the default VAE's decoder, encoder frozen: first the first-frame path, then the rest.
 
     # phase 1: whole single frames only (the TI2V first-frame path)
-    python -m core.default_model.tune_decoder --out /tmp/flowdit_train/vae_tune_img --clips 0 --minutes 68
-    python -m core.default_model.export_vae --ckpt /tmp/flowdit_train/vae_tune_img/last.pt --no-fold \
+    python -m core.default_model.tune_decoder --out /tmp/flowdit_train/vae_tune_img --clips 0 \
+        --minutes 68
+    python -m core.default_model.export_vae --ckpt /tmp/flowdit_train/vae_tune_img/last.pt \
+        --no-fold \
         --out /tmp/flowdit_train/p1.safetensors
     # phase 2: later frames only; the first decoded frame stays bit-identical
     python -m core.default_model.tune_decoder --out /tmp/flowdit_train/vae_p2 \
@@ -64,7 +66,8 @@ class TuneConfig:
 
     def __post_init__(self) -> None:
         if not 1 <= self.latent_frames <= 5:
-            raise ValueError(f"latent_frames must be 1..5 (17-frame clips), got {self.latent_frames}")
+            raise ValueError(f"latent_frames must be 1..5 (17-frame clips), "
+                             f"got {self.latent_frames}")
         if self.images < 0 or self.clips < 0 or self.images + self.clips == 0:
             raise ValueError(f"need images or clips per step, got {self.images} and {self.clips}")
         if not 1 <= self.crop <= 8:
@@ -116,7 +119,8 @@ def decode_with_grad(model: WanVAEModel, latent: torch.Tensor) -> torch.Tensor:
     return model.decoder(model.conv2(latent, FeatureCache()), FeatureCache())
 
 
-def video_batch(cache: Cache, cfg: TuneConfig, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def video_batch(cache: Cache, cfg: TuneConfig,
+                g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Latent crops [B, z, F, c, c] around the object and their pixels [B, 3, T, 8c, 8c]."""
     n, _, _, h, w = cache.clip_latents.shape
     lat, pix = [], []
@@ -127,8 +131,10 @@ def video_batch(cache: Cache, cfg: TuneConfig, g: torch.Generator) -> tuple[torc
         top = int(np.clip(round(cy + float(jy) - cfg.crop / 2), 0, h - cfg.crop))
         left = int(np.clip(round(cx + float(jx) - cfg.crop / 2), 0, w - cfg.crop))
         frames = 4 * (cfg.latent_frames - 1) + 1
-        lat.append(cache.clip_latents[k, :, :cfg.latent_frames, top:top + cfg.crop, left:left + cfg.crop])
-        pix.append(cache.clips[k, :frames, 8 * top:8 * (top + cfg.crop), 8 * left:8 * (left + cfg.crop)])
+        rows, cols = slice(top, top + cfg.crop), slice(left, left + cfg.crop)
+        pixel_rows, pixel_cols = slice(8 * top, 8 * rows.stop), slice(8 * left, 8 * cols.stop)
+        lat.append(cache.clip_latents[k, :, :cfg.latent_frames, rows, cols])
+        pix.append(cache.clips[k, :frames, pixel_rows, pixel_cols])
     return torch.stack(lat), to_tensor_batch(torch.stack(pix))
 
 
@@ -273,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     tune(Path(args.out), Path(args.init), TuneConfig(
         minutes=args.minutes, lr=args.lr, images=0 if args.keep_first_frame else args.images,
-        clips=args.clips, latent_frames=args.latent_frames, keep_first_frame=args.keep_first_frame), args.resume)
+        clips=args.clips, latent_frames=args.latent_frames,
+        keep_first_frame=args.keep_first_frame), args.resume)
     return 0
 
 
