@@ -111,8 +111,12 @@ def reconstruct(model: WanVAEModel, x: torch.Tensor, generator: torch.Generator 
     if generator is not None:
         eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
         z = mean + torch.exp(0.5 * logvar) * eps
-    recon = model.decoder(model.conv2(z, FeatureCache()), FeatureCache())  # [B, 3, T, H, W]
-    return recon, mean, logvar
+    return decode_with_grad(model, z), mean, logvar
+
+
+def decode_with_grad(model: WanVAEModel, latent: torch.Tensor) -> torch.Tensor:
+    """Full causal decoder pass with gradients: raw latent [B, z, F, h, w] -> [B, 3, T, H, W]."""
+    return model.decoder(model.conv2(latent, FeatureCache()), FeatureCache())
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -139,7 +143,8 @@ def _save(path: Path, state: dict) -> None:
 def cosine_lr(peak: float, warmup: int, step: int, frac: float) -> float:
     """Linear warm-up over `warmup` steps, then cosine from `peak` to 5% of it as the wall-clock
     fraction `frac` of the budget goes from 0 to 1."""
-    return peak * min(1.0, (step + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+    decay = 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac))
+    return peak * min(1.0, (step + 1) / warmup) * decay
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,

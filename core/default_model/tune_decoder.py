@@ -40,11 +40,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..synthetic.shapes import make_clip, spec_for_seed, render, to_tensor
-from ..vae.layers import CausalConv3d, FeatureCache
+from ..synthetic.shapes import make_clip, render, spec_for_seed
+from ..vae.layers import CausalConv3d
 from ..vae.model import WanVAEModel
 from .bundle import VAE_PATH
-from .train_vae import SHAPES_VAE, _save, cosine_lr, load_checkpoint, psnr
+from .train_vae import (SHAPES_VAE, _save, cosine_lr, decode_with_grad, heldout_psnr,
+                        load_checkpoint, psnr)
 
 
 @dataclass(frozen=True)
@@ -114,11 +115,6 @@ def to_tensor_batch(frames_u8: torch.Tensor) -> torch.Tensor:
     return frames_u8.permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
 
 
-def decode_with_grad(model: WanVAEModel, latent: torch.Tensor) -> torch.Tensor:
-    """Full causal decoder pass with gradients: raw latent [B, z, F, h, w] -> [B, 3, T, H, W]."""
-    return model.decoder(model.conv2(latent, FeatureCache()), FeatureCache())
-
-
 def video_batch(cache: Cache, cfg: TuneConfig,
                 g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Latent crops [B, z, F, c, c] around the object and their pixels [B, 3, T, 8c, 8c]."""
@@ -146,10 +142,8 @@ def heldout_scores(model: WanVAEModel, images: int = 48, clips: int = 6) -> dict
     x = to_tensor_batch(torch.from_numpy(np.stack(frames))[:, None])
     y = model.decode_stream(model.encode_stream(x)).clamp(-1, 1)
     per = [psnr(y[i:i + 1], x[i:i + 1]) for i in range(images)]
-    v = torch.stack([to_tensor(make_clip(1000 + i, "heldout").frames) for i in range(clips)])
-    video = model.decode_stream(model.encode_stream(v)).clamp(-1, 1)
     return {"image_mean": float(np.mean(per)), "image_min": float(np.min(per)),
-            "video": psnr(video, v)}
+            "video": heldout_psnr(model, clips)[0]}
 
 
 def first_frame_free(model: WanVAEModel, latents: torch.Tensor) -> dict[str, torch.Tensor]:
