@@ -73,7 +73,10 @@ def test_random_weights_load_back_strictly_with_identical_output(tmp_path, prese
     assert model.config == get_preset(preset)
     loaded = model.state_dict()
     assert set(loaded) == set(sd) and all(torch.equal(loaded[k], sd[k]) for k in sd)
-    assert torch.equal(_forward(model), reference)
+    # Same weights, separately built model: the file's tensors may sit at other memory alignments
+    # (safetensors is memory-mapped), which picks other SIMD kernels, so fp32 sums may round
+    # differently. Two fp32 blocks of width 64 keep that well under 1e-5 relative.
+    torch.testing.assert_close(_forward(model), reference, rtol=1e-5, atol=1e-6)
 
 
 def test_whole_pipeline_file_keeps_only_the_dit(tmp_path):

@@ -33,12 +33,14 @@ def test_tuning_changes_only_the_decoder(tmp_path):
         changed = [k for k in tuned if not torch.equal(weights[k], before[k])]
         assert len(changed) > len(tuned) // 2, f"only {len(changed)} of {len(tuned)} changed"
 
-    # The exported file loads through the generic loader and encodes exactly as before.
+    # The exported file loads through the generic loader and encodes as before (two separately
+    # loaded models: equal weights, so only fp32 rounding may differ).
     out = tmp_path / "tuned.safetensors"
     export(tmp_path / "run" / "last.pt", out, check_clips=1, do_fold=False)
     x = to_tensor(make_clip(5, "heldout").frames)[None, :, :5]
     with torch.no_grad():
-        assert torch.equal(load_vae(out).encode(x), load_vae(init).encode(x))
+        torch.testing.assert_close(load_vae(out).encode(x), load_vae(init).encode(x),
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_keep_first_frame_tunes_only_what_later_frames_use(tmp_path):

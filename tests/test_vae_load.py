@@ -64,9 +64,11 @@ def test_random_weights_load_back_strictly(tmp_path, name, fmt):
     s = cfg.spatial_stride
     video = torch.rand(1, 3, 5, 2 * s, 2 * s) * 2 - 1
     z = vae.encode_raw(video)
-    torch.testing.assert_close(z, reference.encode_stream(video), rtol=0, atol=0)
-    torch.testing.assert_close(vae.decode_raw(z),
-                               reference.decode_stream(z).clamp(-1, 1), rtol=0, atol=0)
+    # Separately built models on equal weights: memory-mapped tensors may take other SIMD kernels,
+    # so fp32 results may differ in rounding only (a wrong key or layout would differ by O(1)).
+    tol = dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(z, reference.encode_stream(video), **tol)
+    torch.testing.assert_close(vae.decode_raw(z), reference.decode_stream(z).clamp(-1, 1), **tol)
 
 
 def test_public_attributes_and_dtype():
