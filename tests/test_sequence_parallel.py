@@ -16,7 +16,7 @@ import torch
 import torch.multiprocessing as mp
 
 from core.dit import WanDiT, get_preset
-from core.parallel import ParallelDiT, RankFailure, init_mesh
+from core.parallel import ParallelDiT, RankFailure, init_mesh, shard_weights
 from core.parallel.mesh import ParallelMesh, check_heads, check_layout
 
 F64 = dict(rtol=1e-10, atol=1e-10)
@@ -60,17 +60,19 @@ def _worker(rank, world, port, out, layouts):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
     results = {}
-    for ulysses, cfg_parallel in layouts:
+    for ulysses, cfg_parallel, sharded in layouts:
         if ulysses * (2 if cfg_parallel else 1) != world:
             continue
         mesh = init_mesh(ulysses, cfg_parallel, timeout_s=60)
         for i, (kind, grid, batch) in enumerate(CASES):
             if cfg_parallel and batch % 2:
                 continue
-            dit = ParallelDiT(_model(kind), mesh)
+            model = shard_weights(_model(kind)) if sharded else _model(kind)
+            dit = ParallelDiT(model, mesh)
             x, t, context, clip = _inputs(kind, grid, batch)
             with torch.no_grad():
-                results[f"u{ulysses}c{int(cfg_parallel)}-{i}"] = dit(x, t, context, clip)
+                key = f"u{ulysses}c{int(cfg_parallel)}s{int(sharded)}-{i}"
+                results[key] = dit(x, t, context, clip)
     torch.save(results, out / f"rank{rank}.pt")
 
 
@@ -101,16 +103,18 @@ def _forward(key: str) -> torch.Tensor:
 
 def test_two_ranks_equal_one_process(tmp_path):
     """Ulysses 2 (T2V, I2V with concat channels and CLIP tokens, TI2V per-token t, odd token
-    counts) and CFG-parallel 2 (the batch of two guidance passes split between the ranks)."""
-    done = _run(2, [(2, False), (1, True)], tmp_path)
-    assert sum(k.startswith("u2c0") for k in done) == len(CASES)
-    assert sum(k.startswith("u1c1") for k in done) == 1
+    counts), CFG-parallel 2 (the batch of two guidance passes split between the ranks), and
+    Ulysses 2 with the weights sharded by FSDP2."""
+    done = _run(2, [(2, False, False), (1, True, False), (2, False, True)], tmp_path)
+    assert sum(k.startswith("u2c0s0") for k in done) == len(CASES)
+    assert sum(k.startswith("u1c1s0") for k in done) == 1
+    assert sum(k.startswith("u2c0s1") for k in done) == len(CASES)
 
 
 @pytest.mark.slow
 def test_four_ranks_equal_one_process(tmp_path):
     """Ulysses 4 (9 tokens: three ranks' worth of padding) and Ulysses 2 x CFG 2."""
-    done = _run(4, [(4, False), (2, True)], tmp_path)
+    done = _run(4, [(4, False, False), (2, True, False)], tmp_path)
     assert sum(k.startswith("u4c0") for k in done) == len(CASES)
     assert sum(k.startswith("u2c1") for k in done) == 1
 
