@@ -60,3 +60,14 @@ def test_core_runs_as_a_module():
     out = subprocess.run([sys.executable, "-m", "core", "--help"], cwd=ROOT,
                          capture_output=True, text=True)
     assert out.returncode == 0 and "python -m core" in out.stdout
+
+
+def test_root_init_imports_as_a_plain_module():
+    """pytest imports the root __init__.py as a plain module, not a package, when the checkout's
+    folder name is not a Python identifier (a clone into "ComfyUI-FlowDiT"); that must not fail."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("not_a_package", ROOT / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.WEB_DIRECTORY == "./web" and not hasattr(module, "NODE_CLASS_MAPPINGS")
