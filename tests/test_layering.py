@@ -67,7 +67,9 @@ def test_root_init_imports_as_a_plain_module():
     folder name is not a Python identifier (a clone into "ComfyUI-FlowDiT"); that must not fail."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("not_a_package", ROOT / "__init__.py")
+    # Named "__init__" itself, the file is a plain module (importlib's is_package rule), which is
+    # what pytest's import of a non-identifier folder amounts to.
+    spec = importlib.util.spec_from_file_location("__init__", ROOT / "__init__.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.WEB_DIRECTORY == "./web" and not hasattr(module, "NODE_CLASS_MAPPINGS")
