@@ -2,18 +2,21 @@
 
 The nodes and the command line both call `sample_video`: it normalises the latent with the
 model's latent format, draws the seeded noise, translates TI2V/I2V conditioning into the forms
-`flow.sampler.sample` takes, samples, and returns the raw latent again.
+`flow.sampler.sample` takes, samples, and returns the raw latent again. With a list of `Expert`s
+instead of one DiT (Wan2.2 A14B: a high-noise and a low-noise expert) it samples in stages over
+one schedule (`flow.sampler.sample_stages`).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
 from .flow.noise import initial_noise
-from .flow.sampler import sample
+from .flow.sampler import sample_stages
+from .flow.stages import Stage
 from .vae.latent_format import LatentFormat, latent_format_for
 
 
@@ -31,6 +34,35 @@ class SampleRequest:
     concat_latent: torch.Tensor | None = None  # Wan2.1 I2V raw image latent [1 or B, C, F, H, W]
     concat_mask: torch.Tensor | None = None   # Wan2.1 I2V mask [1, 1 or 4, F, H, W]: 0 on given frames
     clip_fea: torch.Tensor | None = None      # Wan2.1 I2V CLIP vision tokens [B, 257, 1280]
+
+
+@dataclass(frozen=True)
+class Expert:
+    """One of several DiTs that share a schedule (see `flow.stages.Stage`), highest noise first."""
+    dit: torch.nn.Module                      # the DiT (module with .config)
+    sigma_min: float = 0.0                    # takes model calls at sigma >= sigma_min not taken by an earlier expert
+    cfg: float | None = None                  # guidance scale on this expert; None: the request's cfg
+    activate: Callable[[], Any] | None = None  # called when sampling switches to it (load it, offload the other)
+    name: str = ""                            # for messages, e.g. "high-noise expert"
+
+
+def check_experts_match(configs: Sequence[Any], names: Sequence[str] | None = None) -> None:
+    """Experts that share one sampling run must be the same kind of model with the same shapes
+    (Wan2.2 A14B's two experts differ only in their weights). Raises ValueError naming the fields
+    that differ."""
+    if len(configs) < 2:
+        return
+    names = list(names) if names is not None else [f"model {i + 1}" for i in range(len(configs))]
+    first = configs[0]
+    for name, other in zip(names[1:], configs[1:]):
+        if type(other) is not type(first):
+            raise ValueError(f"{names[0]} and {name} are different kinds of model")
+        diff = [f"{f.name} {getattr(first, f.name)!r} vs {getattr(other, f.name)!r}"
+                for f in fields(first) if getattr(first, f.name) != getattr(other, f.name)]
+        if diff:
+            raise ValueError(f"{names[0]} and {name} must be the two experts of one model (same kind "
+                             f"and shapes), but they differ: {'; '.join(diff)}. Load the high-noise "
+                             f"and the low-noise file of the same Wan2.2 A14B model (both T2V or both I2V)")
 
 
 def first_frame_latent(samples: torch.Tensor, noise_mask: torch.Tensor) -> torch.Tensor:
@@ -64,11 +96,20 @@ def i2v_channels(fmt: LatentFormat, concat_latent: torch.Tensor, concat_mask: to
     return torch.cat([given.to(image).expand(b, -1, -1, -1, -1), image], dim=1)
 
 
-def sample_video(dit: torch.nn.Module, request: SampleRequest, *, device: torch.device,
-                 dtype: torch.dtype = torch.float32,
+def sample_video(dit: torch.nn.Module | Sequence[Expert], request: SampleRequest, *,
+                 device: torch.device, dtype: torch.dtype = torch.float32,
                  callback: Callable[[dict[str, Any]], None] | None = None) -> torch.Tensor:
-    """Sample and return the raw latent [B, C, F, H, W] (float32, on `device`)."""
-    cfg = dit.config
+    """Sample and return the raw latent [B, C, F, H, W] (float32, on `device`).
+
+    `dit` is one DiT module, or a list of `Expert`s from high noise to low (the last with
+    sigma_min 0) that run in stages over the one schedule of `request.sigmas`.
+    """
+    experts = [Expert(dit)] if isinstance(dit, torch.nn.Module) else list(dit)
+    if not experts or not all(isinstance(e, Expert) for e in experts):
+        raise TypeError("sample_video takes a DiT module or a list of pipeline.Expert")
+    check_experts_match([e.dit.config for e in experts], [e.name or f"expert {i + 1}"
+                                                          for i, e in enumerate(experts)])
+    cfg = experts[0].dit.config
     samples = request.latent.to(device, torch.float32)
     if samples.ndim != 5:
         raise ValueError(f"expected a video latent [B, C, F, H, W], got shape {tuple(samples.shape)}; "
@@ -77,7 +118,8 @@ def sample_video(dit: torch.nn.Module, request: SampleRequest, *, device: torch.
         raise ValueError(f"the latent has {samples.shape[1]} channels but this model makes "
                          f"{cfg.out_dim}: use the VAE that belongs to the model (16 channels: "
                          f"Wan2.1 VAE; 48: Wan2.2 VAE)")
-    if request.cfg != 1.0 and request.negative_context is None:
+    scales = [request.cfg if e.cfg is None else float(e.cfg) for e in experts]
+    if any(w != 1.0 for w in scales) and request.negative_context is None:
         raise ValueError("cfg > 1 needs a negative conditioning; connect one or set cfg to 1")
     fmt = latent_format_for(cfg.out_dim)
     x0 = fmt.normalize(samples)
@@ -86,26 +128,35 @@ def sample_video(dit: torch.nn.Module, request: SampleRequest, *, device: torch.
     first = None
     if request.noise_mask is not None:
         first = first_frame_latent(x0, request.noise_mask)
+    extra = cfg.in_dim - cfg.out_dim
+    if request.concat_latent is not None and not extra:
+        raise ValueError("this is a text-to-video model: it takes no start image. Use an image-to-"
+                         "video model (e.g. the Wan2.2 I2V-A14B experts), or drop the I2V Conditioning "
+                         "node and start from Empty FlowDiT Video Latent")
     concat = None
     if request.concat_latent is not None:
         concat = i2v_channels(fmt, request.concat_latent.to(device), None if request.concat_mask is None
                               else request.concat_mask.to(device)).to(device)
-    extra = cfg.in_dim - cfg.out_dim
     if extra and concat is None:
         raise ValueError(f"this model is an image-to-video model (it takes {extra} extra input "
                          f"channels); give it a start image through I2V Conditioning")
+    # CLIP vision tokens feed only models with an image branch (Wan2.1 I2V); Wan2.2 A14B I2V has
+    # none and, as in ComfyUI, ignores them.
+    clip_fea = request.clip_fea if cfg.has_image_branch else None
 
     def cast(t):
         return None if t is None else t.to(device, dtype)
 
-    def dit_call(x, t, context, clip_fea=None):
-        # The solver state stays float32; the DiT runs in the compute dtype.
-        return dit(x.to(dtype), t, context, clip_fea=clip_fea).float()
+    def dit_call(module):
+        def call(x, t, context, clip_fea=None):
+            # The solver state stays float32; the DiT runs in the compute dtype.
+            return module(x.to(dtype), t, context, clip_fea=clip_fea).float()
+        call.config = module.config  # the sampler reads the patch size (TI2V per-token timesteps) from it
+        return call
 
-    dit_call.config = cfg  # the sampler reads the patch size (TI2V per-token timesteps) from it
-
-    out = sample(dit_call, noise, sigmas.to(device), positive=cast(request.context),
-                 negative=cast(request.negative_context), cfg=request.cfg, solver=request.solver,
-                 latent=x0 if float(sigmas[0]) < 1.0 else None, first_frame=first,
-                 i2v_concat=concat, clip_fea=cast(request.clip_fea), callback=callback)
+    stages = [Stage(dit_call(e.dit), e.sigma_min, w, e.activate, e.name) for e, w in zip(experts, scales)]
+    out = sample_stages(stages, noise, sigmas.to(device), positive=cast(request.context),
+                        negative=cast(request.negative_context), solver=request.solver,
+                        latent=x0 if float(sigmas[0]) < 1.0 else None, first_frame=first,
+                        i2v_concat=concat, clip_fea=cast(clip_fea), callback=callback)
     return fmt.denormalize(out)

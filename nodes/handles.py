@@ -29,6 +29,40 @@ class ModelHandle:
 
 
 @dataclass(frozen=True)
+class ExpertPair:
+    """Wan2.2 A14B: a high-noise and a low-noise expert that one sampler runs in stages. Travels on
+    the model socket, so the existing sampler takes it."""
+    high: ModelHandle            # runs the high-noise steps
+    low: ModelHandle             # runs the rest
+    switch: str                  # "boundary": sigma >= boundary -> high; "step": steps [0, switch_step) -> high
+    boundary: float              # used when switch == "boundary"
+    switch_step: int             # used when switch == "step"
+    cfg_high: float | None       # guidance scale on each expert; None: the sampler's cfg
+    cfg_low: float | None
+
+    @property
+    def config(self):
+        return self.high.config
+
+    @property
+    def name(self) -> str:
+        return f"{self.high.name} + {self.low.name}"
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.high.compute_dtype
+
+    @property
+    def hosted(self):
+        raise ValueError("this is a pair of experts: apply a LoRA to each expert before pairing them "
+                         "(Load FlowDiT -> Load LoRA -> Wan2.2 A14B Experts)")
+
+    @property
+    def module(self):
+        raise ValueError("this is a pair of experts; connect it to the Euler Flow Sampler")
+
+
+@dataclass(frozen=True)
 class VAEHandle:
     """A loaded causal VAE (core.load_vae's object) and its module under the memory manager."""
     vae: object                  # core VAE object: encode/decode, latent_channels, strides

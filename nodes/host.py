@@ -101,6 +101,23 @@ class HostedModel:
         self.module.to(device)
         return device
 
+    @property
+    def device(self) -> torch.device:
+        """The compute device `prepare()` loads the weights onto."""
+        return self.patcher.load_device if self.patcher is not None else torch_device()
+
+    def offload(self) -> None:
+        """Take the weights off the compute device now (ComfyUI: unload this model from the memory
+        manager, restoring any LoRA-patched weights), e.g. before another expert is loaded."""
+        if self.patcher is not None:
+            for i, loaded in enumerate(_mm.current_loaded_models):
+                if loaded.model is self.patcher:
+                    loaded.model_unload()
+                    _mm.current_loaded_models.pop(i)
+                    break
+            return
+        self.module.to(offload_device())
+
 
 def lora_key_map(module: torch.nn.Module) -> dict[str, str]:
     """LoRA key prefixes -> weight keys, for ComfyUI's `comfy.lora.load_lora`: the layouts

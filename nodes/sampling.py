@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from . import host
-from .handles import MODEL_TYPE
+from .experts import pipeline_experts
+from .handles import MODEL_TYPE, ExpertPair
 
 SOLVERS = ["euler", "heun", "dpmpp_2m", "unipc"]
 SOLVER_TOOLTIP = ("ODE solver: euler (1st order, the paper's Eq. 8), heun (2nd order, two model "
@@ -60,8 +61,9 @@ def clip_features(options: dict):
 
 
 class FlowDiTSampler:
-    DESCRIPTION = ("Samples a video latent with a FlowDiT model: classifier-free guidance, TI2V "
-                   "first-frame injection (latent with noise_mask) and Wan2.1 I2V conditioning.")
+    DESCRIPTION = ("Samples a video latent with a FlowDiT model, or the two Wan2.2 A14B experts in one "
+                   "run: classifier-free guidance, TI2V first-frame injection (latent with noise_mask) "
+                   "and I2V / first-last-frame conditioning.")
     CATEGORY = "FlowDiT/sampling"
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("latent",)
@@ -71,7 +73,8 @@ class FlowDiTSampler:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "model": (MODEL_TYPE, {"tooltip": "From Load FlowDiT."}),
+            "model": (MODEL_TYPE, {"tooltip": "From Load FlowDiT, or both Wan2.2 A14B experts from "
+                                              "Wan2.2 A14B Experts."}),
             "positive": ("CONDITIONING", {"tooltip": "What the video should show (umT5 text encoding)."}),
             "negative": ("CONDITIONING", {"tooltip": "What to steer away from (used when cfg > 1)."}),
             "latent": ("LATENT", {"tooltip": "Empty latent (text-to-video), an encoded video "
@@ -80,7 +83,8 @@ class FlowDiTSampler:
             "solver": (SOLVERS, {"default": "unipc", "tooltip": SOLVER_TOOLTIP}),
             "cfg": ("FLOAT", {"default": 5.0, "min": 1.0, "max": 30.0, "step": 0.1,
                               "tooltip": "Guidance scale w: v = v_neg + w (v_pos - v_neg). 1 = no "
-                                         "negative pass (twice as fast)."}),
+                                         "negative pass (twice as fast). With two experts, each "
+                                         "expert's own cfg wins where it is set (not 0)."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFF_FFFF_FFFF_FFFF,
                              "control_after_generate": True,
                              "tooltip": "Noise seed; noise is drawn on the CPU so a seed gives the "
@@ -90,9 +94,15 @@ class FlowDiTSampler:
     def sample(self, model, positive, negative, latent, sigmas, solver="unipc", cfg=5.0, seed=0):
         from ..core.pipeline import SampleRequest, sample_video
 
+        pair = isinstance(model, ExpertPair)
+        scales = [cfg] if not pair else [w if w is not None else cfg for w in (model.cfg_high, model.cfg_low)]
         pos_context, pos_options = unpack_conditioning(positive, "positive")
-        neg_context = unpack_conditioning(negative, "negative")[0] if cfg != 1.0 else None
-        device = model.hosted.prepare()
+        neg_context = unpack_conditioning(negative, "negative")[0] if any(w != 1.0 for w in scales) else None
+        if pair:
+            # Each expert is loaded when sampling reaches it (and the other one offloaded).
+            dit, device = pipeline_experts(model, sigmas), model.high.hosted.device
+        else:
+            dit, device = model.module, model.hosted.prepare()
         bar = host.Progress(max(len(sigmas) - 1, 1))
         preview = host.make_previewer(model.config.out_dim)
 
@@ -108,7 +118,7 @@ class FlowDiTSampler:
             concat_latent=pos_options.get("concat_latent_image"),
             concat_mask=pos_options.get("concat_mask"),
             clip_fea=clip_features(pos_options))
-        out = sample_video(model.module, request, device=device, dtype=model.compute_dtype, callback=on_step)
+        out = sample_video(dit, request, device=device, dtype=model.compute_dtype, callback=on_step)
         result = {k: v for k, v in latent.items() if k != "noise_mask"}
         result["samples"] = out.to(host.intermediate_device())
         return (result,)

@@ -71,6 +71,9 @@ def write_models(base: Path) -> None:
     from test_nodes_e2e import write_lora
 
     write_lora(base / "models" / "loras" / "test_lora.safetensors")
+    from a14b_models import write_a14b_files
+
+    write_a14b_files(base / "models")  # the Wan2.2 A14B experts and 4-step LoRAs
 
 
 def write_inputs(base: Path) -> None:
@@ -81,6 +84,7 @@ def write_inputs(base: Path) -> None:
     (base / "input").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(base / "input" / "example.png")
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(base / "input" / "example_end.png")
     write_video(rng.integers(0, 255, (9, 64, 64, 3), dtype=np.uint8), base / "input" / "input.mp4", fps=8)
 
 
@@ -163,7 +167,11 @@ class ComfyServer:
 
 
 def shrink(prompt: dict, *, size: int = 64, length: int = 9, steps: int = 2) -> dict:
-    """A shipped API workflow made tiny for a CPU test: small video, few steps, stand-in text."""
+    """A shipped API workflow made tiny for a CPU test: small video, few steps, stand-in text.
+    With two experts: at least 4 steps, and a step switch moved inside them, so both experts run."""
+    experts = [n for n in prompt.values() if n["class_type"] == "FlowDiTExpertPair"]
+    if experts:
+        steps = max(steps, 4)
     out = {}
     for nid, node in json.loads(json.dumps(prompt)).items():
         inputs = node["inputs"]
@@ -174,6 +182,8 @@ def shrink(prompt: dict, *, size: int = 64, length: int = 9, steps: int = 2) -> 
         for key, value in (("width", size), ("height", size), ("length", length), ("steps", steps)):
             if key in inputs:
                 inputs[key] = value
+        if node["class_type"] == "FlowDiTExpertPair":
+            inputs["switch_step"] = min(inputs["switch_step"], steps // 2)
         out[nid] = node
     return out
 

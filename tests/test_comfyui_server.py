@@ -77,6 +77,21 @@ def test_lora_node_patches_through_comfyui(server):
     assert abs(videos["again"] - videos[None]).max() == 0
 
 
+def test_a14b_run_loads_each_expert_once(server):
+    """The 4-step A14B workflow through the queue: ComfyUI's memory manager is asked for each
+    expert once per run (the high-noise one, then the low-noise one), as its log shows."""
+    from comfy_server import shrink
+
+    prompt = shrink(json.loads((ROOT / "workflows" / "api" / "wan2.2_a14b_image_to_video_4step.json").read_text()))
+    prompt["8"]["inputs"]["seed"] = 7  # not the cached run of the shipped-workflow test
+    prompt["10"]["inputs"]["filename_prefix"] = "a14b/loads"
+    log = server.base / "server.log"
+    before = log.read_text().count("Requested to load WanDiT")
+    entry = server.wait(server.queue(prompt))
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    assert log.read_text().count("Requested to load WanDiT") - before == 2
+
+
 def test_interrupt_mid_sampling_leaves_the_server_ready(server):
     from comfy_server import shrink
 

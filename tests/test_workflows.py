@@ -23,7 +23,10 @@ def spec_of(pack):
 def test_workflows_are_shipped():
     names = {p.stem for p in UI_FILES}
     assert {"flowdit_default_text_to_video", "wan2.2_ti2v_5b_text_to_video", "wan2.2_ti2v_5b_image_to_video",
-            "wan2.1_t2v_1.3b_text_to_video", "wan2.1_t2v_1.3b_video_to_video"} <= names
+            "wan2.1_t2v_1.3b_text_to_video", "wan2.1_t2v_1.3b_video_to_video",
+            "wan2.2_a14b_image_to_video_4step", "wan2.2_a14b_image_to_video",
+            "wan2.2_a14b_text_to_video_4step", "wan2.2_a14b_text_to_video",
+            "wan2.2_a14b_first_last_frame"} <= names
     for p in UI_FILES:
         assert (ROOT / "workflows" / "api" / p.name).is_file(), f"{p.name} has no API twin"
 
@@ -43,7 +46,8 @@ def test_ui_workflow_is_consistent(path, spec_of):
             f"{ui_widget_count(spec)}")
         assert [i["name"] for i in n["inputs"]] == [s for s, _ in spec.sockets]
         for i, (name, typ) in zip(n["inputs"], spec.sockets):
-            assert i["link"] is not None, f"node {n['id']} input {name} is not connected"
+            if name in spec.required:  # optional sockets (e.g. an end image) may stay open
+                assert i["link"] is not None, f"node {n['id']} input {name} is not connected"
     link_ids = set()
     for link_id, src, src_slot, dst, dst_slot, typ in wf["links"]:
         link_ids.add(link_id)
@@ -70,6 +74,9 @@ def test_api_twin_matches_ui(path, spec_of):
         missing = [name for name in spec.required if name not in entry["inputs"]]
         assert not missing, f"API node {nid} lacks required inputs {missing}"
         for socket in n["inputs"]:
+            if socket["link"] is None:  # an open optional socket
+                assert socket["name"] not in entry["inputs"]
+                continue
             src, slot = links[socket["link"]]
             assert entry["inputs"][socket["name"]] == [str(src), slot]
         widget_values = [v for v in n["widgets_values"] if v not in ("fixed", "image")]
@@ -77,12 +84,61 @@ def test_api_twin_matches_ui(path, spec_of):
         assert api_values == widget_values[:len(api_values)]
 
 
+# Official shifts that are not Wan's usual 5: Wan2.2 T2V-A14B samples with shift 12.
+OFFICIAL_SHIFT = {"wan2.2_a14b_text_to_video": 12.0}
+
+
 def test_scheduler_shift_matches_wan_default():
-    # Wan's reference samples with shift 5 (t2v, ti2v); the shipped Wan workflows follow it.
+    # Wan's reference samples with shift 5 (t2v, ti2v, i2v-a14b); the shipped Wan workflows follow it.
     for path in UI_FILES:
         if not path.stem.startswith("wan"):
             continue
         wf = json.loads(path.read_text())
         for n in wf["nodes"]:
             if n["type"] == "FlowDiTScheduler":
-                assert n["widgets_values"][1] == 5.0
+                assert n["widgets_values"][1] == OFFICIAL_SHIFT.get(path.stem, 5.0), path.stem
+
+
+A14B_WORKFLOWS = {
+    # name: (steps, solver, sampler cfg, switch, switch value, LoRAs, end image)
+    "wan2.2_a14b_image_to_video_4step": (4, "euler", 1.0, "step", 2, True, False),
+    "wan2.2_a14b_image_to_video": (20, "unipc", 3.5, "boundary", 0.0, False, False),
+    "wan2.2_a14b_text_to_video_4step": (4, "euler", 1.0, "step", 2, True, False),
+    "wan2.2_a14b_text_to_video": (40, "unipc", 4.0, "boundary", 0.0, False, False),
+    "wan2.2_a14b_first_last_frame": (20, "euler", 3.5, "step", 10, False, True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(A14B_WORKFLOWS))
+def test_a14b_workflows_wire_two_experts_into_one_sampler(name):
+    steps, solver, cfg, switch, value, lora, end = A14B_WORKFLOWS[name]
+    api = json.loads((ROOT / "workflows" / "api" / f"{name}.json").read_text())
+    by_type = {}
+    for nid, entry in api.items():
+        by_type.setdefault(entry["class_type"], []).append((nid, entry))
+    assert len(by_type["FlowDiTSampler"]) == 1 and len(by_type["FlowDiTExpertPair"]) == 1
+    (sampler_id, sampler), = by_type["FlowDiTSampler"]
+    (pair_id, pair), = by_type["FlowDiTExpertPair"]
+    assert sampler["inputs"]["model"] == [pair_id, 0]
+    assert (sampler["inputs"]["solver"], sampler["inputs"]["cfg"]) == (solver, cfg)
+    assert pair["inputs"]["switch"] == switch
+    assert pair["inputs"]["switch_step" if switch == "step" else "boundary"] == value
+    (_, sched), = by_type["FlowDiTScheduler"]
+    assert sched["inputs"]["steps"] == steps
+    kind = "i2v" if "image" in name or "frame" in name else "t2v"
+    files = []
+    for side in ("high", "low"):
+        src = pair["inputs"][f"{side}_noise_model"][0]
+        if lora:
+            assert api[src]["class_type"] == "FlowDiTLoraLoader"
+            assert api[src]["inputs"]["lora_name"].startswith(f"wan2.2_{kind}_lightx2v_4steps_lora")
+            assert api[src]["inputs"]["lora_name"].endswith(f"_{side}_noise.safetensors")
+            src = api[src]["inputs"]["model"][0]
+        files.append(api[src]["inputs"]["model_name"])
+    assert files == [f"wan2.2_{kind}_{side}_noise_14B_fp8_scaled.safetensors" for side in ("high", "low")]
+    if kind == "i2v":
+        (_, cond), = by_type["FlowDiTI2VConditioning"]
+        assert ("end_image" in cond["inputs"]) == end
+    note = next(n for n in json.loads((ROOT / "workflows" / f"{name}.json").read_text())["nodes"]
+                if n["type"] == "Note")["widgets_values"][0]
+    assert all(f in note for f in files) and "wan_2.1_vae.safetensors" in note

@@ -31,6 +31,15 @@ T - 1 frames of zeros (mid-grey in [-1, 1])], normalised. The mask is built per 
 `temporal_stride` (4) times, so the T = 4(F - 1) + 1 entries become 4F, which are read as F groups
 of 4 consecutive pixel frames -> 4 mask channels per latent frame. For a single first frame:
 mask = 1 on all 4 channels of latent frame 0, 0 elsewhere.
+
+First-last frame (FLF2V) and Wan2.2 Fun-InP
+-------------------------------------------
+The same channels with a second given image at the END of the clip: the encoded video is
+[start, grey ..., end] and the pixel mask is 1 on pixel frames 0 and T - 1. Laid out as above, the
+start fills all 4 mask channels of latent frame 0, while the end image, being only the last of
+the 4 pixel frames of the last latent frame, sets only its channel 3 (mask [0, 0, 0, 1] there).
+This is the layout of ComfyUI's WanFirstLastFrameToVideo (and WanFunInpaintToVideo, which calls
+it); `first_last_mask` and `first_last_pixel_video` build it.
 """
 from __future__ import annotations
 
@@ -169,3 +178,40 @@ def i2v_pixel_video(first_frame: torch.Tensor, num_frames: int) -> torch.Tensor:
     rest = first_frame.new_zeros(first_frame.shape[0], first_frame.shape[1], num_frames - 1,
                                  *first_frame.shape[2:])
     return torch.cat([first_frame.unsqueeze(2), rest], dim=2)
+
+
+def first_last_mask(num_frames: int, height: int, width: int, *, start_frames: int = 1,
+                    end_frames: int = 0, temporal_stride: int = 4) -> torch.Tensor:
+    """Mask channels [1, s, F, H, W] (1 = given) for the first `start_frames` and the last
+    `end_frames` pixel frames of a clip of `num_frames` (= s (F - 1) + 1) frames."""
+    if start_frames < 0 or end_frames < 0 or start_frames + end_frames > num_frames:
+        raise ValueError(f"{start_frames} start and {end_frames} end frames do not fit in a clip of "
+                         f"{num_frames} frames")
+    given = list(range(start_frames)) + list(range(num_frames - end_frames, num_frames))
+    return i2v_mask(i2v_pixel_mask(num_frames, given), height, width, temporal_stride)
+
+
+def first_last_pixel_video(num_frames: int, start: torch.Tensor | None = None,
+                           end: torch.Tensor | None = None) -> torch.Tensor:
+    """The video the VAE encodes for first-last-frame: start [B, 3, Ts, H, W] on the first Ts frames,
+    end [B, 3, Te, H, W] on the last Te frames, zero (mid-grey in [-1, 1]) elsewhere -> [B, 3, T, H, W].
+    Where the two overlap (Ts + Te > T) the end frames win, as in ComfyUI."""
+    given = [v for v in (start, end) if v is not None]
+    if not given:
+        raise ValueError("give a start image, an end image, or both")
+    if any(v.ndim != 5 for v in given):
+        raise ValueError(f"start/end must be videos [B, 3, T, H, W], got {[tuple(v.shape) for v in given]}")
+    ref = given[0]
+    if any(v.shape[:2] != ref.shape[:2] or v.shape[3:] != ref.shape[3:] for v in given):
+        raise ValueError(f"start and end images must have the same batch, channels and size, got "
+                         f"{[tuple(v.shape) for v in given]}")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    video = ref.new_zeros(ref.shape[0], ref.shape[1], num_frames, *ref.shape[3:])
+    if start is not None:
+        n = min(start.shape[2], num_frames)
+        video[:, :, :n] = start[:, :, :n]
+    if end is not None:
+        n = min(end.shape[2], num_frames)
+        video[:, :, num_frames - n:] = end[:, :, end.shape[2] - n:]
+    return video

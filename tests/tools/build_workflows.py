@@ -57,6 +57,83 @@ def note(nid, text):
 
 DEFAULT_PROMPT = "a yellow square moving up on a gray background"
 
+# Wan2.2 A14B: two experts (ComfyUI's template file names) and their 4-step distill LoRAs.
+A14B = {
+    "i2v": ("wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors", "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors",
+            "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors",
+            "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors"),
+    "t2v": ("wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors", "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors",
+            "wan2.2_t2v_lightx2v_4steps_lora_v1.1_high_noise.safetensors",
+            "wan2.2_t2v_lightx2v_4steps_lora_v1.1_low_noise.safetensors"),
+}
+WAN21_VAE = "wan_2.1_vae.safetensors"
+
+
+def a14b(kind, positive, *, steps, shift, cfg, solver, switch, size, lora, cfg_high=0.0, cfg_low=0.0,
+         end_image=False, intro=""):
+    """A Wan2.2 A14B graph: two loaders (-> two LoRAs) -> Experts -> the one sampler.
+
+    Ids: 1/13 loaders, 14/15 LoRAs, 16 experts, 2 VAE, 3-5 text, 6 scheduler, 7 latent or I2V
+    conditioning, 8 sampler, 9 decode, 10 save, 11 note, 12/17 start/end image."""
+    high, low, lora_high, lora_low = A14B[kind]
+    width, height, length = size
+    mode, value = switch
+    nodes = [
+        node(1, "FlowDiTLoader", {"model_name": high, "weight_dtype": "default", "attention": "sdpa"},
+             title="High-noise expert"),
+        node(13, "FlowDiTLoader", {"model_name": low, "weight_dtype": "default", "attention": "sdpa"},
+             title="Low-noise expert"),
+        node(2, "FlowDiTVAELoader", {"vae_name": WAN21_VAE}),
+        node(3, "CLIPLoader", {"clip_name": UMT5, "type": "wan", "device": "default"}),
+        *text_nodes(4, 3, positive),
+        node(6, "FlowDiTScheduler", {"steps": steps, "shift": shift, "denoise": 1.0}),
+        node(9, "FlowDiTVAEDecode", {"tiling": "off", "tile_size": 256, "tile_overlap": 64},
+             {"vae": (2, 0), "latent": (8, 0)}),
+        node(10, "FlowDiTSaveVideo", {"fps": 16.0, "filename_prefix": "FlowDiT/video", "format": "mp4"},
+             {"images": (9, 0)}),
+    ]
+    experts = {"high_noise_model": (1, 0), "low_noise_model": (13, 0)}
+    if lora:
+        nodes += [node(14, "FlowDiTLoraLoader", {"lora_name": lora_high, "strength": 1.0}, {"model": (1, 0)},
+                       title="4-step LoRA (high noise)"),
+                  node(15, "FlowDiTLoraLoader", {"lora_name": lora_low, "strength": 1.0}, {"model": (13, 0)},
+                       title="4-step LoRA (low noise)")]
+        experts = {"high_noise_model": (14, 0), "low_noise_model": (15, 0)}
+    nodes.append(node(16, "FlowDiTExpertPair",
+                      {"switch": mode, "boundary": value if mode == "boundary" else 0.0,
+                       "switch_step": value if mode == "step" else 2, "cfg_high": cfg_high, "cfg_low": cfg_low},
+                      experts))
+    sizes = {"width": width, "height": height, "length": length, "batch_size": 1}
+    if kind == "t2v":
+        nodes.append(node(7, "FlowDiTEmptyVideoLatent", sizes, {"vae": (2, 0)}))
+        sampler_links = {"positive": (4, 0), "negative": (5, 0), "latent": (7, 0)}
+    else:
+        images = {"start_image": (12, 0)}
+        nodes.append(node(12, "LoadImage", {"image": "example.png"}, title="Start image"))
+        if end_image:
+            nodes.append(node(17, "LoadImage", {"image": "example_end.png"}, title="End image"))
+            images["end_image"] = (17, 0)
+        nodes.append(node(7, "FlowDiTI2VConditioning", sizes,
+                          {"positive": (4, 0), "negative": (5, 0), "vae": (2, 0), **images}))
+        sampler_links = {"positive": (7, 0), "negative": (7, 1), "latent": (7, 2)}
+    nodes.append(node(8, "FlowDiTSampler", {"solver": solver, "cfg": cfg, "seed": 42},
+                      {"model": (16, 0), "sigmas": (6, 0), **sampler_links}))
+    files = [f"- ComfyUI/models/diffusion_models/{high}", f"- ComfyUI/models/diffusion_models/{low}"]
+    if lora:
+        files += [f"- ComfyUI/models/loras/{lora_high}", f"- ComfyUI/models/loras/{lora_low}"]
+    files += [f"- ComfyUI/models/vae/{WAN21_VAE}", f"- ComfyUI/models/text_encoders/{UMT5}"]
+    if kind == "i2v":
+        files.append("- your start and end images in ComfyUI/input (pick them in the two Load Image nodes)"
+                     if end_image else "- your start image in ComfyUI/input (pick it in Load Image)")
+    switch_text = (f"the low-noise expert takes over after step {value} of {steps}" if mode == "step" else
+                   "the low-noise expert takes over below the official noise level (boundary 0 = "
+                   f"{'0.900 for I2V' if kind == 'i2v' else '0.875 for T2V'})")
+    nodes.append(note(11, f"{intro}\n\nOne sampler runs both experts: {switch_text}; only one expert is "
+                          "in memory at a time.\n\nPut the files here:\n" + "\n".join(files) +
+                          f"\n\nSizes: multiples of 16; length 4n+1; 16 fps."))
+    return nodes
+
+
 WORKFLOWS = {
     "flowdit_default_text_to_video": [
         node(1, "FlowDiTLoader", {"model_name": "flowdit_shapes_dit.safetensors", "weight_dtype": "default",
@@ -135,6 +212,35 @@ WORKFLOWS = {
                  f"- ComfyUI/models/text_encoders/{UMT5}\n"
                  "- the source video in ComfyUI/input (pick it in Load Video)"),
     ],
+    "wan2.2_a14b_image_to_video_4step": a14b(
+        "i2v", "the scene comes alive, gentle camera push-in, natural motion", steps=4, shift=5.0, cfg=1.0,
+        solver="euler", switch=("step", 2), size=(640, 640, 81), lora=True,
+        intro="Wan2.2 I2V-A14B image-to-video in 4 steps with the LightX2V distill LoRAs (one per expert): "
+              "euler, shift 5, cfg 1, two steps on each expert, as ComfyUI's Wan2.2 14B image-to-video "
+              "template."),
+    "wan2.2_a14b_image_to_video": a14b(
+        "i2v", "the scene comes alive, gentle camera push-in, natural motion", steps=20, shift=5.0, cfg=3.5,
+        solver="unipc", switch=("boundary", 0.0), size=(832, 480, 81), lora=False,
+        intro="Wan2.2 I2V-A14B image-to-video without LoRAs: 20 steps, cfg 3.5, shift 5, UniPC (its "
+              "history carries across the expert switch)."),
+    "wan2.2_a14b_text_to_video_4step": a14b(
+        "t2v", "a red fox running through fresh snow in a pine forest, morning light, cinematic", steps=4,
+        shift=5.0, cfg=1.0, solver="euler", switch=("step", 2), size=(832, 480, 81), lora=True,
+        intro="Wan2.2 T2V-A14B text-to-video in 4 steps with the LightX2V distill LoRAs: euler, shift 5, "
+              "cfg 1, two steps on each expert."),
+    "wan2.2_a14b_text_to_video": a14b(
+        "t2v", "a red fox running through fresh snow in a pine forest, morning light, cinematic", steps=40,
+        shift=12.0, cfg=4.0, solver="unipc", switch=("boundary", 0.0), size=(832, 480, 81), lora=False,
+        cfg_high=4.0, cfg_low=3.0,
+        intro="Wan2.2 T2V-A14B text-to-video, the official recipe: 40 steps, shift 12, boundary 0.875, "
+              "cfg 4.0 on the high-noise expert and 3.0 on the low-noise one, UniPC. For speed use "
+              "wan2.2_a14b_text_to_video_4step."),
+    "wan2.2_a14b_first_last_frame": a14b(
+        "i2v", "a smooth natural transition from the first image to the last", steps=20, shift=5.0, cfg=3.5,
+        solver="euler", switch=("step", 10), size=(640, 640, 81), lora=False, end_image=True,
+        intro="Wan2.2 I2V-A14B first-last-frame: the start image becomes the first frame and the end image "
+              "the last (I2V / First-Last-Frame Conditioning with its end_image input). 20 steps, cfg "
+              "3.5, shift 5, euler, ten steps on each expert."),
 }
 
 
