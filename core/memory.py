@@ -135,24 +135,52 @@ def estimate_request_memory(width: int, height: int, length: int, batch: int = 1
     cfg: a negative pass runs too (doubles the DiT batch when the model batches CFG).
     vae_tiling: the decode may be tiled (spatial tiling bounds its memory by one tile), so only a
     tile's working memory counts; False counts a whole frame.
-    Sizes are used as given (rounded up to whole latent cells and patches, never refused here)."""
+    Sizes are used as given (rounded up to whole latent cells and patches, never refused here).
+    """
     s, ts = model.spatial_stride, model.temporal_stride
-    pf, ph, pw = model.patch
     f = (max(int(length), 1) - 1) // ts + 1
     h, w = -(-int(height) // s), -(-int(width) // s)
     b = max(int(batch), 1)
-    latent = b * model.latent_channels * f * h * w * 4
-    tokens = (-(-f // pf)) * (-(-h // ph)) * (-(-w // pw))
-    forward_batch = 2 * b if (cfg and model.batched_cfg) else b
-    cb, d = model.compute_bytes, model.dim
-    dit = forward_batch * tokens * (8 * d + 4 * d * cb + 2 * model.ffn_dim * cb)
+    sampling = estimate_sampling_memory((b, model.latent_channels, f, h, w), model=model, cfg=cfg,
+                                        device=device)
     pixels = h * s * w * s
     chunk = (min(h, TILE) * min(w, TILE) * s * s) if vae_tiling else pixels
     vae = b * DECODE_BYTES_PER_PIXEL_CHANNEL * chunk * model.decoder_width * model.vae_bytes // 4
     frames = (f - 1) * ts + 1
     video = b * 3 * frames * pixels * (4 + 1)
+    return replace(sampling, vae_decode=vae, video=video)
+
+
+def estimate_sampling_memory(latent_shape: tuple[int, ...], *, model: ModelSizes = LOWER_BOUND,
+                             cfg: bool = True, device: torch.device | str = "cpu") -> MemoryEstimate:
+    """The sampling part only (latent, solver state, DiT activations) of a latent [B, C, F, h, w]."""
+    b, c, f, h, w = (int(n) for n in latent_shape)
+    pf, ph, pw = model.patch
+    latent = b * c * f * h * w * 4
+    tokens = (-(-f // pf)) * (-(-h // ph)) * (-(-w // pw))
+    forward_batch = 2 * b if (cfg and model.batched_cfg) else b
+    cb, d = model.compute_bytes, model.dim
+    dit = forward_batch * tokens * (8 * d + 4 * d * cb + 2 * model.ffn_dim * cb)
     return MemoryEstimate(latent=latent, sampler=SAMPLER_COPIES * latent, tokens=tokens, dit=dit,
-                          vae_decode=vae, video=video, on_cpu=torch.device(device).type == "cpu")
+                          vae_decode=0, video=0, on_cpu=torch.device(device).type == "cpu")
+
+
+def check_sampling_fits(latent_shape: tuple[int, ...], *, model: ModelSizes, cfg: bool = True,
+                        device: torch.device | str = "cpu", host_bytes: int | None = None,
+                        device_bytes: int | None = None) -> MemoryEstimate:
+    """The sampling estimate, or ValueError when it cannot fit in this machine's memory."""
+    device = torch.device(device)
+    host = total_memory_bytes("cpu") if host_bytes is None else int(host_bytes)
+    dev = (host if device.type == "cpu" else total_memory_bytes(device)) if device_bytes is None \
+        else int(device_bytes)
+    estimate = estimate_sampling_memory(latent_shape, model=model, cfg=cfg, device=device)
+    if not fits(estimate, host, dev):
+        where = (f"{format_bytes(host)} of memory" if device.type == "cpu" else
+                 f"{format_bytes(host)} of RAM and {format_bytes(dev)} on {device}")
+        raise ValueError(f"sampling a latent of shape {list(latent_shape)} needs "
+                         f"{estimate.describe()}, more than this machine's {where}; make the "
+                         f"video smaller or shorter (see Empty FlowDiT Video Latent)")
+    return estimate
 
 
 def total_memory_bytes(device: torch.device | str = "cpu") -> int:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from .flow.noise import initial_noise
+from .memory import MAX_STEPS, ModelSizes, check_sampling_fits
 from .flow.sampler import sample
 from .vae.latent_format import LatentFormat, latent_format_for
 
@@ -66,8 +67,14 @@ def i2v_channels(fmt: LatentFormat, concat_latent: torch.Tensor, concat_mask: to
 
 def sample_video(dit: torch.nn.Module, request: SampleRequest, *, device: torch.device,
                  dtype: torch.dtype = torch.float32,
-                 callback: Callable[[dict[str, Any]], None] | None = None) -> torch.Tensor:
-    """Sample and return the raw latent [B, C, F, H, W] (float32, on `device`)."""
+                 callback: Callable[[dict[str, Any]], None] | None = None,
+                 cancel: Callable[[], None] | None = None) -> torch.Tensor:
+    """Sample and return the raw latent [B, C, F, H, W] (float32, on `device`).
+
+    cancel: called between the DiT's blocks (it raises to stop); pass the host's interrupt check
+    so a cancel stops a long step within one block. Before anything is allocated, the request is
+    checked against the machine's memory (core.memory) and refused with the largest size that fits.
+    """
     cfg = dit.config
     samples = request.latent.to(device, torch.float32)
     if samples.ndim != 5:
@@ -79,9 +86,17 @@ def sample_video(dit: torch.nn.Module, request: SampleRequest, *, device: torch.
                          f"Wan2.1 VAE; 48: Wan2.2 VAE)")
     if request.cfg != 1.0 and request.negative_context is None:
         raise ValueError("cfg > 1 needs a negative conditioning; connect one or set cfg to 1")
+    if not bool(torch.isfinite(samples).all()):
+        raise ValueError("the input latent contains NaN or infinite values; re-encode the video "
+                         "or start from Empty FlowDiT Video Latent")
+    sigmas = torch.as_tensor(request.sigmas, dtype=torch.float64).reshape(-1)
+    if sigmas.numel() - 1 > MAX_STEPS:
+        raise ValueError(f"{sigmas.numel() - 1} steps is more than the {MAX_STEPS} allowed; "
+                         f"flow-matching video models need 4-50")
+    check_sampling_fits(tuple(samples.shape), model=ModelSizes.from_models(cfg, compute_dtype=dtype, base=ModelSizes()),
+                        cfg=request.cfg != 1.0, device=device)
     fmt = latent_format_for(cfg.out_dim)
     x0 = fmt.normalize(samples)
-    sigmas = torch.as_tensor(request.sigmas, dtype=torch.float64).reshape(-1)
     noise = initial_noise(x0.shape, request.seed, device=device, dtype=torch.float32)
     first = None
     if request.noise_mask is not None:
@@ -100,7 +115,9 @@ def sample_video(dit: torch.nn.Module, request: SampleRequest, *, device: torch.
 
     def dit_call(x, t, context, clip_fea=None):
         # The solver state stays float32; the DiT runs in the compute dtype.
-        return dit(x.to(dtype), t, context, clip_fea=clip_fea).float()
+        if cancel is None:
+            return dit(x.to(dtype), t, context, clip_fea=clip_fea).float()
+        return dit(x.to(dtype), t, context, clip_fea=clip_fea, cancel=cancel).float()
 
     dit_call.config = cfg  # the sampler reads the patch size (TI2V per-token timesteps) from it
 

@@ -17,6 +17,7 @@ official behaviour.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from einops import rearrange
@@ -131,12 +132,15 @@ class WanDiT(nn.Module):
             nn.init.zeros_(param)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor,
-                clip_fea: torch.Tensor | None = None) -> torch.Tensor:
+                clip_fea: torch.Tensor | None = None,
+                cancel: Callable[[], None] | None = None) -> torch.Tensor:
         """Velocity v = ε − x0 for the noisy latent x.
 
         x: [B, C_in, F, H, W]; t: [B] or [B, L] (also [B, F] or a number), 1000·σ in 0..1000;
         context: [B, Lc, text_dim] text embeddings; clip_fea: [B, 257, 1280] CLIP vision features,
         required by I2V models only. Returns [B, C_out, F, H, W] in the dtype of x.
+        cancel: called before every block and before the head; it raises to stop the forward (a
+        cancel from the UI), so a long step stops within one block, not one step.
         """
         cfg, compute = self.config, self.compute_dtype
         island = island_dtype(compute)
@@ -158,7 +162,11 @@ class WanDiT(nn.Module):
 
         times = TokenTimes(e6, index)
         for block in self.blocks:
+            if cancel is not None:
+                cancel()
             tokens = block(tokens, times, context, context_img, rope, attn, compute)  # [B, L, D]
+        if cancel is not None:
+            cancel()
         out = self.head(tokens, times.with_table(e[:, None]), compute)   # [B, L, pf·ph·pw·C]
         return unpatchify(out, grid, cfg.patch_size).to(x.dtype)        # [B, C_out, F, H, W]
 
