@@ -93,8 +93,8 @@ def sample_video(dit: torch.nn.Module, request: SampleRequest, *, device: torch.
     if sigmas.numel() - 1 > MAX_STEPS:
         raise ValueError(f"{sigmas.numel() - 1} steps is more than the {MAX_STEPS} allowed; "
                          f"flow-matching video models need 4-50")
-    check_sampling_fits(tuple(samples.shape), model=ModelSizes.from_models(cfg, compute_dtype=dtype, base=ModelSizes()),
-                        cfg=request.cfg != 1.0, device=device)
+    sizes = ModelSizes.from_models(cfg, compute_dtype=dtype, base=ModelSizes())
+    check_sampling_fits(tuple(samples.shape), model=sizes, cfg=request.cfg != 1.0, device=device)
     fmt = latent_format_for(cfg.out_dim)
     x0 = fmt.normalize(samples)
     noise = initial_noise(x0.shape, request.seed, device=device, dtype=torch.float32)

@@ -15,18 +15,32 @@ CSV_FIELDS = ("step", "loss", "lr", "grad_norm", "seconds")
 
 
 class LossLog:
-    """loss.csv, one row per step. Rows are buffered and appended on `flush()`; `truncate(step)`
-    drops rows after `step` (used when resuming from a checkpoint older than the log)."""
+    """loss.csv, one row per step. Rows are buffered and written on `flush()`, which replaces the
+    file atomically (a crash leaves the old file or the new one, never a half row); `truncate(step)`
+    drops rows after `step` (used when resuming from a checkpoint older than the log). A damaged
+    row (from an older, non-atomic writer) is skipped when reading, never fatal."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.pending: list[dict[str, float]] = []
+        self.skipped_rows = 0   # rows of the file on disk that could not be parsed
 
     def read(self) -> list[dict[str, float]]:
         if not self.path.is_file():
             return []
-        with open(self.path, newline="") as f:
-            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        rows, self.skipped_rows = [], 0
+        with open(self.path, newline="", encoding="utf-8", errors="replace") as f:
+            for row in csv.DictReader(f):
+                try:
+                    parsed = {k: float(row[k]) for k in CSV_FIELDS}
+                except (KeyError, TypeError, ValueError):
+                    self.skipped_rows += 1
+                    continue
+                if all(math.isfinite(parsed[k]) for k in ("step", "seconds")):
+                    rows.append(parsed)
+                else:
+                    self.skipped_rows += 1
+        return rows
 
     def truncate(self, step: int) -> None:
         rows = [r for r in self.read() if r["step"] <= step]
@@ -39,15 +53,9 @@ class LossLog:
     def flush(self) -> None:
         if not self.pending:
             return
-        new = not self.path.is_file()
-        with open(self.path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-            if new:
-                writer.writeheader()
-            for row in self.pending:
-                writer.writerow({k: (int(v) if k == "step" else repr(float(v)))
-                                 for k, v in row.items()})
-            f.flush()
+        first = self.pending[0]["step"]
+        rows = [r for r in self.read() if r["step"] < first] + self.pending
+        atomic_write(self.path, lambda tmp: _write_rows(tmp, rows))
         self.pending.clear()
 
 
