@@ -6,6 +6,7 @@ model's latent format, draws the seeded noise, translates TI2V/I2V conditioning 
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -13,8 +14,8 @@ from typing import Any
 import torch
 
 from .flow.noise import initial_noise
-from .memory import MAX_STEPS, ModelSizes, check_sampling_fits
 from .flow.sampler import sample
+from .memory import MAX_STEPS, ModelSizes, check_sampling_fits
 from .vae.latent_format import LatentFormat, latent_format_for
 
 
@@ -76,25 +77,32 @@ def sample_video(dit: torch.nn.Module, request: SampleRequest, *, device: torch.
     checked against the machine's memory (core.memory) and refused with the largest size that fits.
     """
     cfg = dit.config
-    samples = request.latent.to(device, torch.float32)
-    if samples.ndim != 5:
-        raise ValueError(f"expected a video latent [B, C, F, H, W], got shape {tuple(samples.shape)}; "
+    latent = request.latent
+    if not isinstance(latent, torch.Tensor) or latent.ndim != 5:
+        shape = tuple(latent.shape) if isinstance(latent, torch.Tensor) else type(latent).__name__
+        raise ValueError(f"expected a video latent [B, C, F, H, W], got {shape}; "
                          f"make it with Empty FlowDiT Video Latent or Causal VAE Encode")
-    if samples.shape[1] != cfg.out_dim:
-        raise ValueError(f"the latent has {samples.shape[1]} channels but this model makes "
+    if latent.shape[1] != cfg.out_dim:
+        raise ValueError(f"the latent has {latent.shape[1]} channels but this model makes "
                          f"{cfg.out_dim}: use the VAE that belongs to the model (16 channels: "
                          f"Wan2.1 VAE; 48: Wan2.2 VAE)")
+    if isinstance(request.cfg, bool) or not isinstance(request.cfg, (int, float)) \
+            or not math.isfinite(request.cfg) or request.cfg <= 0:
+        raise ValueError(f"cfg must be a finite number > 0 (1 = no guidance, Wan uses 5), got "
+                         f"{request.cfg!r}")
     if request.cfg != 1.0 and request.negative_context is None:
         raise ValueError("cfg > 1 needs a negative conditioning; connect one or set cfg to 1")
-    if not bool(torch.isfinite(samples).all()):
-        raise ValueError("the input latent contains NaN or infinite values; re-encode the video "
-                         "or start from Empty FlowDiT Video Latent")
     sigmas = torch.as_tensor(request.sigmas, dtype=torch.float64).reshape(-1)
     if sigmas.numel() - 1 > MAX_STEPS:
         raise ValueError(f"{sigmas.numel() - 1} steps is more than the {MAX_STEPS} allowed; "
                          f"flow-matching video models need 4-50")
+    # Before anything the size of the latent is allocated: refuse what cannot fit.
     sizes = ModelSizes.from_models(cfg, compute_dtype=dtype, base=ModelSizes())
-    check_sampling_fits(tuple(samples.shape), model=sizes, cfg=request.cfg != 1.0, device=device)
+    check_sampling_fits(tuple(latent.shape), model=sizes, cfg=request.cfg != 1.0, device=device)
+    samples = latent.to(device, torch.float32)
+    if not bool(torch.isfinite(samples).all()):
+        raise ValueError("the input latent contains NaN or infinite values; re-encode the video "
+                         "or start from Empty FlowDiT Video Latent")
     fmt = latent_format_for(cfg.out_dim)
     x0 = fmt.normalize(samples)
     noise = initial_noise(x0.shape, request.seed, device=device, dtype=torch.float32)
