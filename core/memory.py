@@ -80,10 +80,12 @@ class ModelSizes:
         return out
 
 
-# No supported model needs less: the default model's widths (D 128, Dff 512, 8 latent channels,
-# decoder width 16) with the Wan2.2 VAE's coarsest grid (stride 16) and half-precision compute.
+# No supported model needs less: the default model's widths (D 128, Dff 512, 8 latent channels)
+# with the Wan2.2 VAE's coarsest grid (stride 16) and half-precision compute. Decoder width 4: a
+# tile of the stride-16 grid has 4x the pixels of a stride-8 tile, and the smallest decoder (the
+# default model's, width 16) runs at stride 8, so 16 / 4 keeps the tiled decode term below it.
 LOWER_BOUND = ModelSizes(latent_channels=8, spatial_stride=16, temporal_stride=4, patch=(1, 2, 2),
-                         dim=128, ffn_dim=512, decoder_width=16, compute_bytes=2, vae_bytes=2,
+                         dim=128, ffn_dim=512, decoder_width=4, compute_bytes=2, vae_bytes=2,
                          batched_cfg=False)
 
 
@@ -275,8 +277,11 @@ def check_request_fits(width: int, height: int, length: int, batch: int = 1, *,
         hints.append(f"{frames} frames at {width}x{height}")
     hint = (f"the largest that fits is {' or '.join(hints)}" if hints else
             f"nothing at this size or length fits; lower both" + (" or the batch" if batch > 1 else ""))
+    described = estimate.describe()
+    if model is LOWER_BOUND:  # the models are not known yet: what the smallest model would need
+        described = described.replace("about", "at least", 1)
     raise ValueError(f"a {width}x{height}x{length} video (batch {batch}) needs "
-                     f"{estimate.describe()}, more than this machine's {where}; {hint}")
+                     f"{described}, more than this machine's {where}; {hint}")
 
 
 def check_steps(steps: int) -> int:
