@@ -42,9 +42,12 @@ class WanBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, times: TokenTimes, context: torch.Tensor,
                 context_img: torch.Tensor | None, rope: torch.Tensor,
-                attn: AttentionFn, compute_dtype: torch.dtype) -> torch.Tensor:
+                attn: AttentionFn, compute_dtype: torch.dtype,
+                self_attn: AttentionFn | None = None) -> torch.Tensor:
         """x: [B, L, D] residual stream (float32); times.table: [U, 6, D] projected timestep
-        embeddings; context: [B, Lc, D] and context_img: [B, Li, D] in the compute dtype."""
+        embeddings; context: [B, Lc, D] and context_img: [B, Li, D] in the compute dtype.
+        self_attn: the kernel for self-attention when it differs from `attn` (sequence-parallel
+        all-to-all around it); cross-attention always uses `attn`."""
         island = x.dtype
         assert island == island_dtype(compute_dtype), (island, compute_dtype)
         mods = self.modulation.to(island) + times.table                 # [U, 6, D]
@@ -54,7 +57,7 @@ class WanBlock(nn.Module):
 
         # Modulated inputs are cast in the same expression, so their float32 copy is freed at once.
         h = torch.addcmul(mod(0), self.norm1(x), 1 + mod(1)).to(compute_dtype)  # [B, L, D]
-        h = self.self_attn(h, rope, attn)                               # [B, L, D]
+        h = self.self_attn(h, rope, self_attn or attn)                  # [B, L, D]
         # Residual updates mix a compute-dtype branch into the float32 stream; type promotion
         # upcasts inside the kernel, with no separate cast pass.
         x = torch.addcmul(x, h, mod(2))                                 # [B, L, D]

@@ -132,15 +132,18 @@ class WanDiT(nn.Module):
             nn.init.zeros_(param)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor,
-                clip_fea: torch.Tensor | None = None,
+                clip_fea: torch.Tensor | None = None, *, sequence=None,
                 cancel: Callable[[], None] | None = None) -> torch.Tensor:
         """Velocity v = ε − x0 for the noisy latent x.
 
         x: [B, C_in, F, H, W]; t: [B] or [B, L] (also [B, F] or a number), 1000·σ in 0..1000;
         context: [B, Lc, text_dim] text embeddings; clip_fea: [B, 257, 1280] CLIP vision features,
         required by I2V models only. Returns [B, C_out, F, H, W] in the dtype of x.
+        sequence: a `core.parallel.ulysses.SequenceParallel` to split the tokens over its ranks
+        (each computes L/N tokens; the result is gathered, the same on every rank), or None.
         cancel: called before every block and before the head; it raises to stop the forward (a
-        cancel from the UI), so a long step stops within one block, not one step.
+        cancel from the UI), so a long step stops within one block, not one step. With
+        `sequence`, every rank must get the same answer (else the others wait in a collective).
         """
         cfg, compute = self.config, self.compute_dtype
         island = island_dtype(compute)
@@ -160,14 +163,23 @@ class WanDiT(nn.Module):
         rope = rope_tables(grid_positions(*grid, device=x.device), cfg.head_dim, cfg.rope_theta,
                            dtype=island)                                 # [L, 1, Dh/2] complex
 
-        times = TokenTimes(e6, index)
+        times, self_attn = TokenTimes(e6, index), attn
+        if sequence is not None:           # Ulysses: this rank keeps Ls = L/N of the tokens
+            plan = sequence.for_length(tokens.shape[1])
+            tokens, rope = plan.shard(tokens, dim=1), plan.shard(rope, dim=0)  # [B, Ls, D], [Ls, 1, Dh/2]
+            if index.shape[1] > 1:                                       # per-token timesteps
+                times = TokenTimes(e6, plan.shard(index, dim=1))         # [B, Ls]
+            self_attn = plan.attention(attn)
         for block in self.blocks:
             if cancel is not None:
                 cancel()
-            tokens = block(tokens, times, context, context_img, rope, attn, compute)  # [B, L, D]
+            tokens = block(tokens, times, context, context_img, rope, attn, compute,
+                           self_attn=self_attn)                          # [B, L or Ls, D]
         if cancel is not None:
             cancel()
-        out = self.head(tokens, times.with_table(e[:, None]), compute)   # [B, L, pf·ph·pw·C]
+        out = self.head(tokens, times.with_table(e[:, None]), compute)   # [B, L or Ls, pf·ph·pw·C]
+        if sequence is not None:
+            out = plan.gather(out, dim=1)                                # [B, L, pf·ph·pw·C]
         return unpatchify(out, grid, cfg.patch_size).to(x.dtype)        # [B, C_out, F, H, W]
 
     def _check_inputs(self, x: torch.Tensor, context: torch.Tensor,
