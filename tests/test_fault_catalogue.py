@@ -136,18 +136,10 @@ CHECKPOINT_CASES = [
 def test_bad_checkpoint_is_refused_with_a_message(tmp_path, make, loader, message):
     path = make(tmp_path)
     before = path.read_bytes()
-    with pytest.raises((ValueError, TypeError), match=None) as err:
+    with pytest.raises((ValueError, TypeError)) as err:
         loader(path)
     assert message in str(err.value), str(err.value)
     assert path.read_bytes() == before  # the file itself is never touched
-
-
-def test_foreign_keys_message_is_what_the_catalogue_says(tmp_path):
-    """The catalogue's 'foreign keys' rows expect 'not a Wan DiT': check the real wording here so
-    the table above stays honest."""
-    with pytest.raises(ValueError) as err:
-        load_dit(_foreign_keys(tmp_path))
-    assert "DiT" in str(err.value)
 
 
 @pytest.mark.parametrize("suffix", [".pth", ".pt", ".ckpt"])
@@ -694,7 +686,9 @@ def test_kill_9_during_checkpoint_writes_never_loses_more_than_an_interval(tmp_p
         done = len(_progress(progress))
         before = latest_checkpoint(root)
         before_step = read_checkpoint(before)[2]["step"] if before else 0
-        kill_at = rng.randint(1, 45) if kills < 12 else 0
+        # ~10 instrumented calls per step: a kill lands within the next ~3 steps, so the run
+        # cannot finish before the 10th kill.
+        kill_at = rng.randint(1, 30) if kills < 12 else 0
         p = ctx.Process(target=child.run, args=(str(out), str(progress), kill_at, rng.random() < 0.5))
         p.start()
         p.join(180)

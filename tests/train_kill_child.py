@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-STEPS = 24
+STEPS = 40
 CHECKPOINT_EVERY = 2
 
 
