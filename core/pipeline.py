@@ -8,6 +8,7 @@ one schedule (`flow.sampler.sample_stages`).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 from .flow.noise import initial_noise
 from .flow.sampler import sample_stages
 from .flow.stages import Stage
+from .memory import MAX_STEPS, ModelSizes, check_sampling_fits
 from .vae.latent_format import LatentFormat, latent_format_for
 
 
@@ -98,32 +100,54 @@ def i2v_channels(fmt: LatentFormat, concat_latent: torch.Tensor, concat_mask: to
 
 def sample_video(dit: torch.nn.Module | Sequence[Expert], request: SampleRequest, *,
                  device: torch.device, dtype: torch.dtype = torch.float32,
-                 callback: Callable[[dict[str, Any]], None] | None = None) -> torch.Tensor:
+                 callback: Callable[[dict[str, Any]], None] | None = None,
+                 cancel: Callable[[], None] | None = None) -> torch.Tensor:
     """Sample and return the raw latent [B, C, F, H, W] (float32, on `device`).
 
-    `dit` is one DiT module, or a list of `Expert`s from high noise to low (the last with
+    `dit` is one DiT (a module, or any callable with its signature and `.config`, such as
+    `core.parallel.ParallelDiT`), or a list of `Expert`s from high noise to low (the last with
     sigma_min 0) that run in stages over the one schedule of `request.sigmas`.
+    cancel: called between the DiT's blocks (it raises to stop); pass the host's interrupt check
+    so a cancel stops a long step within one block. Before anything is allocated, the request is
+    checked against the machine's memory (core.memory) and refused with the largest size that fits.
     """
-    experts = [Expert(dit)] if isinstance(dit, torch.nn.Module) else list(dit)
+    experts = list(dit) if isinstance(dit, (list, tuple)) else [Expert(dit)]
     if not experts or not all(isinstance(e, Expert) for e in experts):
         raise TypeError("sample_video takes a DiT module or a list of pipeline.Expert")
     check_experts_match([e.dit.config for e in experts], [e.name or f"expert {i + 1}"
                                                           for i, e in enumerate(experts)])
     cfg = experts[0].dit.config
-    samples = request.latent.to(device, torch.float32)
-    if samples.ndim != 5:
-        raise ValueError(f"expected a video latent [B, C, F, H, W], got shape {tuple(samples.shape)}; "
+    latent = request.latent
+    if not isinstance(latent, torch.Tensor) or latent.ndim != 5:
+        shape = tuple(latent.shape) if isinstance(latent, torch.Tensor) else type(latent).__name__
+        raise ValueError(f"expected a video latent [B, C, F, H, W], got {shape}; "
                          f"make it with Empty FlowDiT Video Latent or Causal VAE Encode")
-    if samples.shape[1] != cfg.out_dim:
-        raise ValueError(f"the latent has {samples.shape[1]} channels but this model makes "
+    if latent.shape[1] != cfg.out_dim:
+        raise ValueError(f"the latent has {latent.shape[1]} channels but this model makes "
                          f"{cfg.out_dim}: use the VAE that belongs to the model (16 channels: "
                          f"Wan2.1 VAE; 48: Wan2.2 VAE)")
-    scales = [request.cfg if e.cfg is None else float(e.cfg) for e in experts]
+    scales = [request.cfg if e.cfg is None else e.cfg for e in experts]
+    for w in scales:
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
+            raise ValueError(f"cfg must be a finite number > 0 (1 = no guidance, Wan uses 5), got "
+                             f"{w!r}")
+    scales = [float(w) for w in scales]
     if any(w != 1.0 for w in scales) and request.negative_context is None:
         raise ValueError("cfg > 1 needs a negative conditioning; connect one or set cfg to 1")
+    sigmas = torch.as_tensor(request.sigmas, dtype=torch.float64).reshape(-1)
+    if sigmas.numel() - 1 > MAX_STEPS:
+        raise ValueError(f"{sigmas.numel() - 1} steps is more than the {MAX_STEPS} allowed; "
+                         f"flow-matching video models need 4-50")
+    # Before anything the size of the latent is allocated: refuse what cannot fit.
+    sizes = ModelSizes.from_models(cfg, compute_dtype=dtype, base=ModelSizes())
+    check_sampling_fits(tuple(latent.shape), model=sizes, cfg=any(w != 1.0 for w in scales),
+                        device=device)
+    samples = latent.to(device, torch.float32)
+    if not bool(torch.isfinite(samples).all()):
+        raise ValueError("the input latent contains NaN or infinite values; re-encode the video "
+                         "or start from Empty FlowDiT Video Latent")
     fmt = latent_format_for(cfg.out_dim)
     x0 = fmt.normalize(samples)
-    sigmas = torch.as_tensor(request.sigmas, dtype=torch.float64).reshape(-1)
     noise = initial_noise(x0.shape, request.seed, device=device, dtype=torch.float32)
     first = None
     if request.noise_mask is not None:
@@ -150,7 +174,9 @@ def sample_video(dit: torch.nn.Module | Sequence[Expert], request: SampleRequest
     def dit_call(module):
         def call(x, t, context, clip_fea=None):
             # The solver state stays float32; the DiT runs in the compute dtype.
-            return module(x.to(dtype), t, context, clip_fea=clip_fea).float()
+            if cancel is None:
+                return module(x.to(dtype), t, context, clip_fea=clip_fea).float()
+            return module(x.to(dtype), t, context, clip_fea=clip_fea, cancel=cancel).float()
         call.config = module.config  # the sampler reads the patch size (TI2V per-token timesteps) from it
         return call
 

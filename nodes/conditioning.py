@@ -8,7 +8,7 @@ import torch
 
 from . import host
 from .handles import VAE_TYPE
-from .latents import check_video_size, latent_shape, video_size_inputs
+from .latents import check_video_request, latent_shape, video_size_inputs
 
 CROP_NOTE = " The start image is scaled and centre-cropped to it."
 
@@ -45,8 +45,8 @@ class FlowDiTTI2VFirstFrame:
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, width=None, height=None, length=None):
-        return check_video_size(width, height, length)
+    def VALIDATE_INPUTS(cls, width=None, height=None, length=None, batch_size=None):
+        return check_video_request(width, height, length, batch_size)
 
     def build(self, vae, start_image, width, height, length, batch_size=1):
         shape = latent_shape(vae, width, height, length, batch_size)
@@ -86,8 +86,8 @@ class FlowDiTI2VConditioning:
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, width=None, height=None, length=None):
-        return check_video_size(width, height, length)
+    def VALIDATE_INPUTS(cls, width=None, height=None, length=None, batch_size=None):
+        return check_video_request(width, height, length, batch_size)
 
     def build(self, positive, negative, vae, start_image, width, height, length, batch_size=1,
               clip_vision_output=None, end_image=None):

@@ -213,13 +213,27 @@ def model_names(folder: str) -> list[str]:
     if HAVE_COMFY:
         names = list(_folder_paths.get_filename_list(folder))
     else:
-        base = _fallback_dir(folder)
-        if base.is_dir():
-            names = sorted(str(p.relative_to(base)) for p in base.rglob("*") if p.suffix in MODEL_SUFFIXES)
+        names = _walk_models(_fallback_dir(folder))
     shipped = PACK_MODELS_DIR / folder
     if shipped.is_dir():
         names += sorted(p.name for p in shipped.iterdir() if p.suffix in MODEL_SUFFIXES and p.name not in names)
     return names
+
+
+def _walk_models(base: Path) -> list[str]:
+    """Model files under `base`, as names relative to it. Symbolic links are followed, into
+    folders too, wherever they point (ComfyUI's rule: a link in a model folder is the user's own
+    arrangement); only names given by the user are kept inside the folder."""
+    if not base.is_dir():
+        return []
+    names = []
+    for dirpath, dirnames, filenames in os.walk(base, followlinks=True):
+        dirnames.sort()
+        for f in filenames:
+            full = Path(dirpath) / f
+            if full.suffix in MODEL_SUFFIXES and full.is_file():
+                names.append(full.relative_to(base).as_posix())
+    return sorted(names)
 
 
 def check_model_name(name: str) -> str | None:
@@ -259,6 +273,9 @@ def model_path(folder: str, name: str) -> Path:
     else:
         candidate = _fallback_dir(folder) / name
         full = candidate if candidate.is_file() else None
+        if full is None and candidate.is_symlink():
+            raise ValueError(f"model file {name!r} in the '{folder}' folder is a link to "
+                             f"{os.readlink(candidate)}, which does not exist; fix or remove the link")
     if full is None and (PACK_MODELS_DIR / folder / name).is_file():
         full = PACK_MODELS_DIR / folder / name
     if full is None:

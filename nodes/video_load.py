@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from . import host
-from .latents import check_video_size, video_size_inputs
+from .latents import check_video_request, video_size_inputs
 
 
 class FlowDiTLoadVideo:
@@ -26,7 +26,7 @@ class FlowDiTLoadVideo:
 
     @classmethod
     def VALIDATE_INPUTS(cls, width=None, height=None, length=None):
-        return check_video_size(width, height, length)
+        return check_video_request(width, height, length)
 
     def load(self, video, width, height, length):
         import torch

@@ -17,6 +17,7 @@ official behaviour.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from einops import rearrange
@@ -131,7 +132,8 @@ class WanDiT(nn.Module):
             nn.init.zeros_(param)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor,
-                clip_fea: torch.Tensor | None = None, *, sequence=None) -> torch.Tensor:
+                clip_fea: torch.Tensor | None = None, *, sequence=None,
+                cancel: Callable[[], None] | None = None) -> torch.Tensor:
         """Velocity v = ε − x0 for the noisy latent x.
 
         x: [B, C_in, F, H, W]; t: [B] or [B, L] (also [B, F] or a number), 1000·σ in 0..1000;
@@ -139,6 +141,9 @@ class WanDiT(nn.Module):
         required by I2V models only. Returns [B, C_out, F, H, W] in the dtype of x.
         sequence: a `core.parallel.ulysses.SequenceParallel` to split the tokens over its ranks
         (each computes L/N tokens; the result is gathered, the same on every rank), or None.
+        cancel: called before every block and before the head; it raises to stop the forward (a
+        cancel from the UI), so a long step stops within one block, not one step. With
+        `sequence`, every rank must get the same answer (else the others wait in a collective).
         """
         cfg, compute = self.config, self.compute_dtype
         island = island_dtype(compute)
@@ -166,8 +171,12 @@ class WanDiT(nn.Module):
                 times = TokenTimes(e6, plan.shard(index, dim=1))         # [B, Ls]
             self_attn = plan.attention(attn)
         for block in self.blocks:
+            if cancel is not None:
+                cancel()
             tokens = block(tokens, times, context, context_img, rope, attn, compute,
                            self_attn=self_attn)                          # [B, L or Ls, D]
+        if cancel is not None:
+            cancel()
         out = self.head(tokens, times.with_table(e[:, None]), compute)   # [B, L or Ls, pf·ph·pw·C]
         if sequence is not None:
             out = plan.gather(out, dim=1)                                # [B, L, pf·ph·pw·C]

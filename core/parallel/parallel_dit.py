@@ -31,10 +31,12 @@ class ParallelDiT:
         return getattr(self.__dict__["dit"], name)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, context: torch.Tensor,
-                 clip_fea: torch.Tensor | None = None) -> torch.Tensor:
+                 clip_fea: torch.Tensor | None = None, **options: Any) -> torch.Tensor:
+        """options: passed on to the DiT's forward (e.g. `cancel=`; every rank must give the same
+        answer to a cancel check, or the others wait in a collective until the timeout)."""
         n, batch = self.mesh.cfg, x.shape[0]
         if n == 1 or batch % n:
-            return self.dit(x, t, context, clip_fea, sequence=self.sequence)
+            return self.dit(x, t, context, clip_fea, sequence=self.sequence, **options)
         me = self.mesh.cfg_rank
 
         def part(value):
@@ -42,7 +44,8 @@ class ParallelDiT:
                 return value.chunk(n)[me]
             return value                                  # a number, or shared by the whole batch
 
-        local = self.dit(part(x), part(t), part(context), part(clip_fea), sequence=self.sequence)
+        local = self.dit(part(x), part(t), part(context), part(clip_fea), sequence=self.sequence,
+                         **options)
         halves = [torch.empty_like(local) for _ in range(n)]
         collective("exchange of the guidance passes",
                    lambda: dist.all_gather(halves, local.contiguous(), group=self.mesh.cfg_group))

@@ -10,7 +10,9 @@ A checkpoint is a directory `checkpoints/step-000100/` holding
 It is written under a temporary name (`.partial-step-000100-<pid>/`), every file and the
 directory are fsynced, the directory is renamed into place, and only then is the pointer file
 `checkpoints/latest` replaced (temp file + fsync + os.replace). A crash at any moment leaves
-`latest` naming the previous complete checkpoint.
+`latest` naming the previous complete checkpoint. What a crash leaves behind (`.partial-*`
+folders and files of a dead process) is removed by `remove_orphans` when the next run starts.
+A write that fails (a full disk) raises CheckpointWriteError and leaves the last checkpoint as it was.
 """
 from __future__ import annotations
 
@@ -22,10 +24,48 @@ from typing import Any
 
 import torch
 
+PARTIAL_PREFIX = ".partial-"
 LATEST = "latest"
 STATE_FILE = "state.pt"
 WEIGHTS_FILE = "trainable.safetensors"
 EMA_FILE = "ema.safetensors"
+
+
+class CheckpointWriteError(OSError, ValueError):
+    """A checkpoint could not be written (e.g. the disk is full); the previous one is intact.
+    A ValueError too, so command lines that report user-fixable problems in one line do so."""
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but owned by someone else
+        return True
+    return True
+
+
+def remove_orphans(folder: Path) -> list[Path]:
+    """Remove the `.partial-*` folders and files that a crashed (killed) writer left in `folder`;
+    those of a live process are left alone. Returns what was removed."""
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for path in folder.iterdir():
+        if not path.name.startswith(PARTIAL_PREFIX):
+            continue
+        tail = path.name.rsplit("-", 1)[-1]
+        if tail.isdigit() and _pid_alive(int(tail)) and int(tail) != os.getpid():
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 def fsync_dir(path: Path) -> None:
@@ -51,7 +91,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call write(tmp_path), fsync it, then os.replace it onto `path` (never a half file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".partial-{path.name}-{os.getpid()}"
+    tmp = path.parent / f"{PARTIAL_PREFIX}{path.name}-{os.getpid()}"
     try:
         write(str(tmp))
         _fsync_file(tmp)
@@ -78,21 +118,46 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as err:  # safetensors raises its own error types for damaged files
-        raise ValueError(f"{path}: cannot read the weights file ({err}); the checkpoint is "
-                         f"damaged — resume from an earlier one or start again") from err
+        raise ValueError(f"{path}: cannot read the weights file ({err}); the file is damaged") from err
 
 
 def write_checkpoint(root: Path, step: int, weights: Mapping[str, torch.Tensor],
                      ema: Mapping[str, torch.Tensor] | None, state: dict[str, Any],
                      keep: int) -> Path:
     """Write checkpoint `step` under `root` atomically, point `latest` at it, keep the newest
-    `keep` checkpoints. Returns the checkpoint directory."""
+    `keep` checkpoints. Returns the checkpoint directory. CheckpointWriteError when the disk
+    refuses (nothing half-written stays; `latest` still names the previous checkpoint)."""
+    name = f"step-{step:07d}"
+    final = root / name
+    tmp = root / f"{PARTIAL_PREFIX}{name}-{os.getpid()}"
+    try:
+        _write_checkpoint_files(root, tmp, final, step, weights, ema, state)
+        atomic_write(root / LATEST, lambda p: Path(p).write_text(name + "\n"))
+    except OSError as err:
+        previous = _readable_latest(root)
+        kept = (f"the last complete checkpoint {previous} is kept and --resume continues from it"
+                if previous else "no earlier checkpoint exists")
+        raise CheckpointWriteError(
+            err.errno, f"could not write checkpoint {name} in {root} "
+                       f"({err.strerror or err}); {kept}; free disk space and run again") from err
+    _prune(root, keep, protect=name)
+    return final
+
+
+def _readable_latest(root: Path) -> str | None:
+    pointer = root / LATEST
+    try:
+        return pointer.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _write_checkpoint_files(root: Path, tmp: Path, final: Path, step: int,
+                            weights: Mapping[str, torch.Tensor],
+                            ema: Mapping[str, torch.Tensor] | None, state: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
     root.mkdir(parents=True, exist_ok=True)
-    name = f"step-{step:07d}"
-    final = root / name
-    tmp = root / f".partial-{name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -112,10 +177,7 @@ def write_checkpoint(root: Path, step: int, weights: Mapping[str, torch.Tensor],
         fsync_dir(root)
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp)
-    atomic_write(root / LATEST, lambda p: Path(p).write_text(name + "\n"))
-    _prune(root, keep, protect=name)
-    return final
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _prune(root: Path, keep: int, protect: str) -> None:
@@ -140,10 +202,22 @@ def latest_checkpoint(root: Path) -> Path | None:
 def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None,
                                           dict[str, Any]]:
     """(weights, ema or None, state) of a checkpoint directory; state read with weights_only."""
-    weights = load_tensors(path / WEIGHTS_FILE)
-    ema = load_tensors(path / EMA_FILE) if (path / EMA_FILE).is_file() else None
+    try:
+        weights = load_tensors(path / WEIGHTS_FILE)
+        ema = load_tensors(path / EMA_FILE) if (path / EMA_FILE).is_file() else None
+    except ValueError as err:
+        raise ValueError(f"{err}; delete {path} and point {path.parent / LATEST} at an earlier "
+                         f"step-* folder, or start afresh in a new output_dir") from None
     try:
         state = torch.load(str(path / STATE_FILE), map_location="cpu", weights_only=True)
     except Exception as err:  # unpickling errors of several types
-        raise ValueError(f"{path / STATE_FILE}: cannot read the training state ({err})") from err
+        # torch's own message advises weights_only=False, which would run any code in the file:
+        # it is not shown, and never followed.
+        raise ValueError(f"{path / STATE_FILE}: the training state is damaged or not a state "
+                         f"file written by this trainer ({type(err).__name__}); delete {path} "
+                         f"and point {path.parent / LATEST} at an earlier step-* folder, or start "
+                         f"afresh in a new output_dir") from None
+    if not isinstance(state, dict) or "step" not in state:
+        raise ValueError(f"{path / STATE_FILE}: not a training state written by this trainer; "
+                         f"delete {path} and resume from an earlier step-* folder")
     return weights, ema, state

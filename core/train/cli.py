@@ -44,6 +44,39 @@ CONFIG_KEYS = frozenset({"data", "vae", "dit", "dit_preset", "dit_dtype", "width
                "lora_alpha", "lora_targets", "sampling", "shift", "logit_mean", "logit_std",
                "first_frame_prob", "train"})
 PATH_KEYS = ("data", "vae", "dit", "cache_dir", "text_embeddings")
+# The JSON type each top-level key must have (int also accepted where a number is asked for).
+_NUMBER, _WHOLE, _TEXT = "a number", "a whole number", "a string"
+CONFIG_TYPES = {
+    "data": _TEXT, "vae": _TEXT, "dit": _TEXT, "dit_preset": _TEXT, "dit_dtype": _TEXT,
+    "width": _WHOLE, "height": _WHOLE, "frames": _WHOLE, "frame_stride": _WHOLE,
+    "cache_dir": _TEXT, "text_embeddings": _TEXT, "caption_dropout": _NUMBER, "lora_rank": _WHOLE,
+    "lora_alpha": _NUMBER, "lora_targets": "a list of strings", "sampling": _TEXT,
+    "shift": _NUMBER, "logit_mean": _NUMBER, "logit_std": _NUMBER, "first_frame_prob": _NUMBER,
+    "train": "an object",
+}
+
+
+def _has_type(value: Any, kind: str) -> bool:
+    if isinstance(value, bool):
+        return False
+    if kind == _NUMBER:
+        return isinstance(value, (int, float))
+    if kind == _WHOLE:
+        return isinstance(value, int)
+    if kind == _TEXT:
+        return isinstance(value, str)
+    if kind == "an object":
+        return isinstance(value, dict)
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def check_config_types(cfg: dict[str, Any], name: str) -> None:
+    """TypeError naming the key for a value of the wrong JSON type (lora_rank: "two")."""
+    for key, kind in CONFIG_TYPES.items():
+        if key in cfg and not _has_type(cfg[key], kind):
+            value = cfg[key]
+            quoted = " (a string: write numbers without quotes)" if isinstance(value, str) else ""
+            raise TypeError(f"{name}: {key!r} must be {kind}, got {value!r}{quoted}")
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
@@ -69,10 +102,16 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path.name}: the config must be a JSON object")
     unknown = sorted(set(cfg) - CONFIG_KEYS)
     if unknown:
-        raise ValueError(f"{path.name}: unknown keys {unknown}; allowed: {sorted(CONFIG_KEYS)}")
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], sorted(CONFIG_KEYS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"{path.name}: unknown keys {unknown}{hint}; a misspelt key would be "
+                         f"ignored, so it is refused; allowed: {sorted(CONFIG_KEYS)}")
     for key in ("data", "vae"):
         if key not in cfg:
             raise ValueError(f"{path.name}: '{key}' is required")
+    check_config_types(cfg, path.name)
     if ("dit" in cfg) == ("dit_preset" in cfg):
         raise ValueError(f"{path.name}: give exactly one of 'dit' (a checkpoint to fine-tune) and "
                          f"'dit_preset' (a preset trained from scratch)")
@@ -81,9 +120,27 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
         if key in cfg:
             cfg[key] = str((base / cfg[key]).resolve())
     train_cfg = dict(cfg.get("train", {}))
-    train_cfg["output_dir"] = str((base / train_cfg.get("output_dir", "train_output")).resolve())
+    output_dir = train_cfg.get("output_dir", "train_output")
+    if not isinstance(output_dir, str):
+        raise TypeError(f"{path.name}: train.output_dir must be a string, got {output_dir!r}")
+    train_cfg["output_dir"] = str((base / output_dir).resolve())
+    check_output_dir(train_cfg["output_dir"])
     cfg["train"] = train_cfg
     return cfg
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """The output folder, or ValueError when the path exists and is not a folder."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"train.output_dir {path} is a file, not a folder; choose a folder name "
+                         f"(nothing was written)")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"train.output_dir {path}: {parent} is a file, not a folder")
+            break
+    return path
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_config(args.config)
-    tcfg = TrainConfig(**{k: (tuple(v) if k == "betas" else v) for k, v in cfg["train"].items()})
+    tcfg = TrainConfig.from_dict(cfg["train"])
     out = Path(tcfg.output_dir)
     if not args.resume and latest_checkpoint(out / "checkpoints") is not None:
         raise ValueError(f"{out} already holds a checkpoint; pass --resume to continue it, or "

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..video_io import IMAGE_SUFFIXES, VIDEO_SUFFIXES, read_video, resize_center_crop
-from .checkpointing import load_tensors, save_tensors
+from .checkpointing import load_tensors, remove_orphans, save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,15 @@ def _natural_key(path: Path) -> list[Any]:
 
 def _read_jsonl(path: Path, skipped: list[SkippedClip]) -> dict[str, str]:
     captions: dict[str, str] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
+    for n, raw in enumerate(path.read_bytes().splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            reason = f"line {n} is not UTF-8 text; save {path.name} as UTF-8"
+            skipped.append(SkippedClip(f"{path}:{n}", reason))
+            log.warning("captions: %s:%d: %s", path, n, reason)
             continue
         try:
             row = json.loads(line)
@@ -115,14 +122,27 @@ def find_clips(folder: str | os.PathLike) -> tuple[list[Clip], list[SkippedClip]
         files = sorted(filenames)
         images = [f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES]
         if here != root and images and not any(Path(f).suffix.lower() in VIDEO_SUFFIXES for f in files):
-            clips.append(Clip(here, _caption(here, root, captions)))
+            _add_clip(clips, skipped, here, root, captions)
             dirnames.clear()  # an image sequence is one clip: do not look inside it again
             continue
         for f in files:
             suffix = Path(f).suffix.lower()
             if suffix in VIDEO_SUFFIXES or (here == root and suffix in IMAGE_SUFFIXES):
-                clips.append(Clip(here / f, _caption(here / f, root, captions)))
+                _add_clip(clips, skipped, here / f, root, captions)
     return clips, skipped
+
+
+def _add_clip(clips: list[Clip], skipped: list[SkippedClip], path: Path, root: Path,
+              captions: dict[str, str]) -> None:
+    """Append the clip with its caption, or a SkippedClip when its caption file is unreadable."""
+    try:
+        clips.append(Clip(path, _caption(path, root, captions)))
+    except (UnicodeDecodeError, OSError) as err:
+        sidecar = path.with_suffix(".txt") if path.is_file() else path.parent / (path.name + ".txt")
+        reason = (f"its caption {sidecar.name} is not UTF-8 text; save it as UTF-8"
+                  if isinstance(err, UnicodeDecodeError) else f"its caption cannot be read ({err})")
+        skipped.append(SkippedClip(str(path), reason))
+        log.warning("skipped clip %s: %s", path, reason)
 
 
 def _caption(path: Path, root: Path, captions: dict[str, str]) -> str | None:
@@ -195,6 +215,26 @@ def _short_reason(text: str, limit: int = 300) -> str:
     return short if len(short) <= limit else short[:limit] + "…"
 
 
+def read_cached_latent(file: Path, source: Path | str) -> torch.Tensor:
+    """The cached latent [C, F, h, w] of a clip; ValueError naming the cache file when damaged."""
+    try:
+        latent = load_tensors(file)["latent"]
+    except (ValueError, KeyError, OSError) as err:
+        raise ValueError(f"the cached latent of clip {source} is damaged or missing; delete this "
+                         f"cache file: {file} (the clip is encoded again on the next run)") from err
+    return latent
+
+
+def _cache_is_readable(file: Path) -> bool:
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(file), framework="pt") as f:
+            return "latent" in f.keys()
+    except Exception:  # any damage: safetensors raises its own error types
+        return False
+
+
 class LatentDataset:
     """Cached clip latents with captions: dataset[i] -> {"latent": [C, F, h, w], "caption": str,
     "path": str}. `skipped` lists the clips left out and why; `report()` says it in words."""
@@ -208,7 +248,7 @@ class LatentDataset:
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         file, caption, source = self.entries[i]
-        return {"latent": load_tensors(file)["latent"], "caption": caption, "path": str(source)}
+        return {"latent": read_cached_latent(file, source), "caption": caption, "path": str(source)}
 
     def report(self) -> str:
         lines = [f"{len(self.entries)} clips ready, {len(self.skipped)} skipped"]
@@ -229,6 +269,7 @@ def cache_latents(folder: str | os.PathLike, vae: Any, cache_dir: str | os.PathL
     clips, skipped = find_clips(folder)
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
+    remove_orphans(cache)
     vae_id = vae_fingerprint(vae)
     entries = []
     for clip in clips:
@@ -237,6 +278,10 @@ def cache_latents(folder: str | os.PathLike, vae: Any, cache_dir: str | os.PathL
                 raise ValueError(f"no caption: add {clip.path.stem}.txt next to it or a line in "
                                  f"{CAPTIONS_FILE}")
             file = cache / f"{cache_key(clip.path, config, vae_id)}.safetensors"
+            if file.is_file() and not _cache_is_readable(file):
+                log.warning("the cache file %s of clip %s is damaged; encoding the clip again",
+                            file, clip.path)
+                file.unlink()
             if not file.is_file():
                 video = clip_to_video(clip.path, config)
                 with torch.no_grad():

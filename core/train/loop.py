@@ -23,12 +23,13 @@ every global batch, averages gradients with DDP, and lets only rank 0 write file
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -36,8 +37,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .checkpointing import (LATEST, latest_checkpoint, read_checkpoint, save_tensors,
-                            write_checkpoint)
+from .checkpointing import (LATEST, latest_checkpoint, read_checkpoint, remove_orphans,
+                            save_tensors, write_checkpoint)
 from .report import LossLog, ProgressBar, render_loss_curve
 
 LossFn = Callable[[nn.Module, Any, torch.Generator], "tuple[torch.Tensor, dict[str, Any]]"]
@@ -69,8 +70,27 @@ class TrainConfig:
     progress: bool = True                 # progress bar with ETA on stderr (rank 0 only)
     find_unused_parameters: bool = False  # DDP: set when some trainable parameters get no gradient
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], where: str = "train") -> "TrainConfig":
+        """A TrainConfig from JSON values; an unknown key (a typo) is an error naming the closest
+        field, never silently ignored."""
+        import difflib
+
+        if not isinstance(values, dict):
+            raise TypeError(f"{where} must be a JSON object of settings, got {type(values).__name__}")
+        known = [f.name for f in fields(cls)]
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ValueError(f"{where}: unknown key {key!r}; {hint}allowed: {', '.join(known)}")
+        return cls(**{k: (tuple(v) if k == "betas" and isinstance(v, list) else v)
+                      for k, v in values.items()})
+
     def __post_init__(self) -> None:
+        _check_field_types(self)
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        _check_device(self.device)
         for name in ("steps", "batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -101,6 +121,61 @@ class TrainConfig:
             done = min(1.0, (step - self.warmup_steps) / span)
             return self.lr * 0.5 * (1.0 + math.cos(math.pi * done))
         return self.lr
+
+
+_INT_FIELDS = ("steps", "batch_size", "warmup_steps", "checkpoint_every", "keep_checkpoints",
+               "log_every", "seed")
+_FLOAT_FIELDS = ("lr", "weight_decay", "grad_clip", "ema_decay")
+_STR_FIELDS = ("lr_schedule", "mixed_precision", "device", "output_dir")
+_BOOL_FIELDS = ("gradient_checkpointing", "progress", "find_unused_parameters")
+
+
+def _kind(value: Any) -> str:
+    return "a string" if isinstance(value, str) else f"a {type(value).__name__}"
+
+
+def _check_field_types(config: "TrainConfig") -> None:
+    """TypeError naming the field for a value of the wrong JSON type (e.g. lr: "1e-3")."""
+    for name in _INT_FIELDS:
+        v = getattr(config, name)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"train.{name} must be a whole number, got {v!r} ({_kind(v)}); "
+                            f"write it without quotes, e.g. \"{name}\": 100")
+    for name in _FLOAT_FIELDS:
+        v = getattr(config, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"train.{name} must be a number, got {v!r} ({_kind(v)}); write it "
+                            f"without quotes, e.g. \"{name}\": 1e-4")
+        if not math.isfinite(v):
+            raise ValueError(f"train.{name} must be a finite number, got {v!r}")
+    for name in _STR_FIELDS:
+        v = getattr(config, name)
+        if not isinstance(v, (str, os.PathLike)):
+            raise TypeError(f"train.{name} must be a string, got {v!r} ({_kind(v)})")
+    for name in _BOOL_FIELDS:
+        v = getattr(config, name)
+        if not isinstance(v, bool):
+            raise TypeError(f"train.{name} must be true or false, got {v!r} ({_kind(v)})")
+    betas = config.betas
+    if (not isinstance(betas, (tuple, list)) or len(betas) != 2
+            or any(isinstance(b, bool) or not isinstance(b, (int, float)) for b in betas)):
+        raise TypeError(f"train.betas must be two numbers, e.g. [0.9, 0.999], got {betas!r}")
+
+
+def _check_device(device: str) -> None:
+    """ValueError for a device string torch does not know or this machine does not have."""
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"train.device {device!r} is not a device this pack can train on; use "
+                         f"'auto', 'cpu' or 'cuda' (or 'cuda:N')") from err
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"train.device {device!r} is not supported; use 'auto', 'cpu' or 'cuda'")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device is {device!r} but this machine has no usable CUDA GPU; "
+                         f"use 'auto' or 'cpu'")
 
 
 @dataclass(frozen=True)
@@ -378,8 +453,14 @@ def _run(model: nn.Module, loss_fn: LossFn, source: BatchSource, config: TrainCo
         raise ValueError(f"batch_size {config.batch_size} must be divisible by the number of "
                          f"processes ({d.world})")
     out = Path(config.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output_dir {out} is a file, not a folder; choose a folder name "
+                         f"(nothing was written)")
     ckpt_root = out / "checkpoints"
     is_main = d.rank == 0
+    if is_main:  # what a killed run left half-written
+        for orphan in remove_orphans(ckpt_root) + remove_orphans(out):
+            logging.getLogger(__name__).info("removed %s, left by an interrupted run", orphan)
     model.to(d.device)
     model.train()
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]

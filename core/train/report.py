@@ -15,22 +15,55 @@ CSV_FIELDS = ("step", "loss", "lr", "grad_norm", "seconds")
 
 
 class LossLog:
-    """loss.csv, one row per step. Rows are buffered and appended on `flush()`; `truncate(step)`
-    drops rows after `step` (used when resuming from a checkpoint older than the log)."""
+    """loss.csv, one row per step. Rows are buffered and written on `flush()`, which replaces the
+    file atomically (a crash leaves the old file or the new one, never a half row); `truncate(step)`
+    drops rows after `step` (used when resuming from a checkpoint older than the log). A damaged
+    row (from an older, non-atomic writer) is skipped when reading, never fatal. The rows written
+    are kept in memory too, so a flush formats them but never parses the file again."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.pending: list[dict[str, float]] = []
+        self.skipped_rows = 0   # rows of the file on disk that could not be parsed
+        self._rows: list[dict[str, float]] = []
+        self._stamp: tuple[int, int] | None = None  # (mtime_ns, size) of the file _rows came from
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size
 
     def read(self) -> list[dict[str, float]]:
-        if not self.path.is_file():
+        stamp = self._file_stamp()
+        if stamp is None:
             return []
-        with open(self.path, newline="") as f:
-            return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        if stamp != self._stamp:
+            self._rows, self._stamp = self._parse(), stamp
+        return list(self._rows)
+
+    def _parse(self) -> list[dict[str, float]]:
+        rows, self.skipped_rows = [], 0
+        with open(self.path, newline="", encoding="utf-8", errors="replace") as f:
+            for row in csv.DictReader(f):
+                try:
+                    parsed = {k: float(row[k]) for k in CSV_FIELDS}
+                except (KeyError, TypeError, ValueError):
+                    self.skipped_rows += 1
+                    continue
+                if all(math.isfinite(parsed[k]) for k in ("step", "seconds")):
+                    rows.append(parsed)
+                else:
+                    self.skipped_rows += 1
+        return rows
+
+    def _replace(self, rows: list[dict[str, float]]) -> None:
+        atomic_write(self.path, lambda tmp: _write_rows(tmp, rows))
+        self._rows, self._stamp = rows, self._file_stamp()
 
     def truncate(self, step: int) -> None:
-        rows = [r for r in self.read() if r["step"] <= step]
-        atomic_write(self.path, lambda tmp: _write_rows(tmp, rows))
+        self._replace([r for r in self.read() if r["step"] <= step])
 
     def add(self, step: int, loss: float, lr: float, grad_norm: float, seconds: float) -> None:
         self.pending.append({"step": step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
@@ -39,16 +72,9 @@ class LossLog:
     def flush(self) -> None:
         if not self.pending:
             return
-        new = not self.path.is_file()
-        with open(self.path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-            if new:
-                writer.writeheader()
-            for row in self.pending:
-                writer.writerow({k: (int(v) if k == "step" else repr(float(v)))
-                                 for k, v in row.items()})
-            f.flush()
-        self.pending.clear()
+        first = self.pending[0]["step"]
+        self._replace([r for r in self.read() if r["step"] < first] + self.pending)
+        self.pending = []
 
 
 def _write_rows(path: str, rows: list[dict[str, float]]) -> None:

@@ -37,6 +37,10 @@ def build_vae(config: VAEConfig, state_dict: Mapping[str, torch.Tensor],
     with torch.device("meta"):
         model = WanVAEModel(config)
     weights = {k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}
+    bad = next((k for k, v in weights.items() if not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise ValueError(f"the VAE weight {bad!r} holds NaN or infinite values (after conversion "
+                         f"to {dtype}); the file is damaged — download it again")
     missing, unexpected = (sorted(set(model.state_dict()) - set(weights)),
                            sorted(set(weights) - set(model.state_dict())))
     if missing or unexpected:

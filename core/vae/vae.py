@@ -175,6 +175,10 @@ class WanVAE:
         else:
             shape = (b, self.config.image_channels, self.pixel_frames(f), h * s, w * s)
             out = self._tiled(self.model.decode_stream, latent, (h, w), 1, s, shape, spec, progress)
+        if not bool(torch.isfinite(out).all()):
+            raise ValueError("the VAE decoded to NaN or infinite values, not a video; its weights "
+                             "are damaged or overflow in this dtype — reload the VAE file, or "
+                             "decode in float32")
         if crop is not None:
             ch, cw = crop
             if not (0 < ch <= h * s and 0 < cw <= w * s):
