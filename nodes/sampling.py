@@ -118,7 +118,9 @@ class FlowDiTSampler:
             concat_latent=pos_options.get("concat_latent_image"),
             concat_mask=pos_options.get("concat_mask"),
             clip_fea=clip_features(pos_options))
-        out = sample_video(dit, request, device=device, dtype=model.compute_dtype, callback=on_step)
+        # The cancel check also runs between the DiT's blocks, so a long step stops within a block.
+        out = sample_video(dit, request, device=device, dtype=model.compute_dtype, callback=on_step,
+                           cancel=host.check_interrupt)
         result = {k: v for k, v in latent.items() if k != "noise_mask"}
         result["samples"] = out.to(host.intermediate_device())
         return (result,)

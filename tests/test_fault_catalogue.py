@@ -444,8 +444,6 @@ def _sample_with_cancel(cancel):
     return sample_video(dit, request, device=torch.device("cpu"), cancel=cancel)
 
 
-@_xfail("nodes/sampling.py", "FlowDiTSampler must pass cancel=host.check_interrupt to "
-                             "core.pipeline.sample_video")
 def test_the_sampler_nodes_interrupt_reaches_inside_the_forward(pack, models_dir, monkeypatch):
     save_file(dit_weights(get_preset("tiny-t2v"), seed=0),
               str(models_dir / "diffusion_models" / "t.safetensors"))
