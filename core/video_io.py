@@ -60,9 +60,13 @@ def output_kind(path: str | os.PathLike) -> str:
     """
     text = os.fspath(path)
     p = Path(text)
-    if text.endswith(("/", os.sep)) or p.is_dir():
-        return "folder"
     suffix = p.suffix.lower()
+    if text.endswith(("/", os.sep)):
+        return "folder"
+    if p.is_dir():
+        if suffix in _FFMPEG_OUTPUTS or suffix in (".gif", ".png", ".webp"):
+            raise ValueError(f"{text}: is a folder; name a file such as clip.mp4")
+        return "folder"
     fields = _FRAME_FIELD.findall(p.name.replace("%%", ""))
     if fields or "%" in p.name.replace("%%", ""):
         if len(fields) != 1 or p.name.replace("%%", "").count("%") != 1 or suffix != ".png":
@@ -94,8 +98,6 @@ def check_output_path(path: str | os.PathLike) -> str:
         raise ValueError(f"{os.fspath(path)}: the folder already holds files; name a new or "
                          f"empty folder for the frames (nothing in it is overwritten), or a file "
                          f"such as clip.mp4")
-    if kind not in ("folder", "pattern") and p.is_dir():
-        raise ValueError(f"{os.fspath(path)}: is a folder; name a file such as clip.mp4")
     return kind
 
 
