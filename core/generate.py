@@ -18,7 +18,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -27,6 +27,10 @@ from .synthetic.shapes import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES
 
 MAX_STEPS = 1000           # far past the plateau (10-20 steps, model card); caps runaway requests
 IMAGE_FORMATS = "PNG, JPEG, WebP, BMP or GIF (its first frame)"
+OUTPUT_HELP = (".mp4/.mov/.mkv (H.264) or .webm (VP9) video; .gif (frame delays in 10 ms units, "
+               "rounded so the total length stays exact); .png (animated PNG) or .webp (animated "
+               "WebP); a folder ending in '/' or a pattern such as frames/%%03d.png: one PNG per "
+               "frame")   # (%% : argparse formats help strings)
 # Measured (README, "Threads"): the main job in-process, 1 vs 2 threads interleaved, on a shared
 # 2-core CPU: 1 thread was faster (this model's operations are too small to split well).
 DEFAULT_THREADS = 1
@@ -34,10 +38,10 @@ DEFAULT_THREADS = 1
 
 @dataclass(frozen=True)
 class GenerateOptions:
-    prompt: str                                 # e.g. "a red circle moving right on a black background"
+    prompt: str                                 # "a red circle moving right on a black background"
     image: np.ndarray | None = None             # TI2V first frame, uint8 [H, W, 3] (resized to fit)
     steps: int = settings.DEFAULT_STEPS         # solver steps
-    shift: float = settings.DEFAULT_SHIFT       # schedule shift (1 = none; > 1 more steps at high noise)
+    shift: float = settings.DEFAULT_SHIFT       # schedule shift (1 = none; > 1: more high-noise steps)
     cfg: float = settings.DEFAULT_CFG           # classifier-free guidance scale (1 = off)
     solver: str = settings.DEFAULT_SOLVER       # euler | heun | dpmpp_2m | unipc
     seed: int = 0                               # noise seed
@@ -72,7 +76,8 @@ class GenerateOptions:
 
 
 def image_to_tensor(image: np.ndarray, width: int, height: int):
-    """uint8 [H, W, 3] -> torch [1, 3, 1, height, width] in [-1, 1] (scaled to cover, centre-cropped)."""
+    """uint8 [H, W, 3] -> torch [1, 3, 1, height, width] in [-1, 1] (scaled to cover, then
+    centre-cropped)."""
     import torch
 
     from .video_io import resize_center_crop
@@ -116,7 +121,7 @@ def generate(options: GenerateOptions, model=None) -> np.ndarray:
     return ((video[0].permute(1, 2, 3, 0) + 1.0) * 127.5).round().clamp(0, 255).byte().numpy()
 
 
-# ----- the command line ----------------------------------------------------------------------------
+# ----- the command line -------------------------------------------------------------------------
 
 
 def read_first_frame(path: str) -> np.ndarray:
@@ -181,10 +186,11 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
         "    a <colour> <shape> moving <direction> on a <background> background\n" + words,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prompt", required=True,
-                   help='what the clip shows, e.g. "a yellow square moving up on a gray background" '
+                   help='what the clip shows, e.g. "a yellow square moving up on a gray '
+                        'background" '
                         "(required; words outside the vocabulary above are ignored, with a note)")
     p.add_argument("--out", default="clip.mp4",
-                   help="output (default: %(default)s): " + _output_help())
+                   help="output (default: %(default)s): " + OUTPUT_HELP)
     p.add_argument("--image", default=None,
                    help="first frame for image-to-video (TI2V): a " + IMAGE_FORMATS + " image, "
                         "scaled and centre-cropped to the clip's size (default: none, text only)")
@@ -206,7 +212,8 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
                    help="clip length in frames, 4n + 1 (e.g. 9, 17, 33) at %g fps; the model is "
                         "trained on %d (default: %%(default)s)" % (settings.FPS, settings.FRAMES))
     p.add_argument("--width", type=_int(16), default=settings.WIDTH,
-                   help="pixels, a multiple of 16; the model is trained at %d (default: %%(default)s)"
+                   help="pixels, a multiple of 16; the model is trained at %d "
+                        "(default: %%(default)s)"
                         % settings.WIDTH)
     p.add_argument("--height", type=_int(16), default=settings.HEIGHT,
                    help="pixels, a multiple of 16 (default: %(default)s)")
@@ -220,12 +227,6 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
 
 
 _OPTION_FIELDS = ("steps", "shift", "cfg", "seed", "frames", "width", "height")
-
-
-def _output_help() -> str:
-    return (".mp4/.mov/.mkv (H.264) or .webm (VP9) video; .gif (frame delays in 10 ms units, "
-            "rounded so the total length stays exact); .png (animated PNG) or .webp (animated "
-            "WebP); a folder ending in '/' or a pattern such as frames/%%03d.png: one PNG per frame")
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -250,7 +251,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         fit = describe_fit(image.shape[0], image.shape[1], options.height, options.width)
         if fit:
             print(f"--image {args.image}: {fit}", file=sys.stderr)
-        options = GenerateOptions(**{**options.__dict__, "image": image})
+        options = replace(options, image=image)
     if options.steps < settings.MIN_RECOGNISABLE_STEPS:
         print(f"warning: --steps {options.steps} is below {settings.MIN_RECOGNISABLE_STEPS}: the "
               f"default model's clips may not be recognisable (model card: at 4 steps only 38-81% "

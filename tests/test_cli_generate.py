@@ -161,7 +161,8 @@ def test_strict_refuses_unknown_words(tmp_path):
     result = run_cli("generate", "--prompt", "a purple circle", "--strict", "--out",
                      str(tmp_path / "clip.mp4"), "--steps", "2", "--frames", "1")
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("error: unknown words in the prompt: purple")
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: unknown words in the prompt: purple")
     assert not (tmp_path / "clip.mp4").exists()
 
 

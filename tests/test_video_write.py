@@ -88,7 +88,8 @@ def test_frame_folder_and_pattern(tmp_path):
     with Image.open(folder / "frame_003.png") as im:
         assert np.array_equal(np.asarray(im.convert("RGB")), frames[3])      # PNG is lossless
     write_video(frames, tmp_path / "seq" / "%02d.png")
-    assert sorted(p.name for p in (tmp_path / "seq").iterdir()) == [f"{i:02d}.png" for i in range(5)]
+    names = sorted(p.name for p in (tmp_path / "seq").iterdir())
+    assert names == [f"{i:02d}.png" for i in range(5)]
     # An existing folder with files in it is refused; nothing in it changes.
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     with pytest.raises(ValueError, match="already holds files"):
