@@ -179,8 +179,11 @@ def _write_ffmpeg(frames: np.ndarray, tmp: Path, suffix: str, fps: float, qualit
             proc.stdin.close()
         except BrokenPipeError:
             pass                                  # ffmpeg stopped early: its status says why
-        finally:
-            status = proc.wait()
+        except BaseException:                     # Ctrl-C, a cancel: do not leave ffmpeg waiting
+            proc.kill()
+            proc.wait()
+            raise
+        status = proc.wait()
         log.seek(0)
         lines = log.read().decode("utf-8", "replace").strip().splitlines()
     if status != 0:
