@@ -24,7 +24,8 @@ def next_output_path(prefix: str, suffix: str):
 
 
 class FlowDiTSaveVideo:
-    DESCRIPTION = "Writes the frames as an H.264 MP4 (or animated GIF) into ComfyUI's output folder."
+    DESCRIPTION = ("Writes the frames as an H.264 MP4 (or animated GIF, exact total length) into "
+                   "ComfyUI's output folder; fails with a message, never a broken file.")
     CATEGORY = "FlowDiT/video"
     RETURN_TYPES = ()
     OUTPUT_NODE = True
@@ -45,7 +46,12 @@ class FlowDiTSaveVideo:
     def save(self, images, fps=16.0, filename_prefix="FlowDiT/video", format="mp4"):
         from ..core.video_io import write_video
 
+        if len(images) == 0:
+            raise ValueError("Save Video (FlowDiT): 'images' holds 0 frames, so there is no video "
+                             "to write; check the node that made them (e.g. the VAE decode)")
         path, subfolder = next_output_path(filename_prefix, format)
+        # Written under a temporary name, checked (writer status, frame count), then renamed;
+        # a failure raises and leaves the output folder as it was.
         write_video(images, path, fps=fps)
         return {"ui": {"images": [{"filename": path.name, "subfolder": subfolder, "type": "output"}],
                        "animated": (True,)}}

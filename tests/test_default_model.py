@@ -2,6 +2,7 @@
 loaders as real Wan checkpoints, scored with the model-independent scorer)."""
 from __future__ import annotations
 
+import logging
 import warnings
 
 import numpy as np
@@ -80,7 +81,7 @@ def test_bad_specs_and_captions_are_clear_errors():
 # ----- text encoder ------------------------------------------------------------------------------
 
 
-def test_text_encoder_round_trip_and_unknown_words(tmp_path):
+def test_text_encoder_round_trip_and_unknown_words(tmp_path, caplog):
     torch.manual_seed(0)
     encoder = TextEncoder(bundle.SHAPES_TEXT, bundle.VOCABULARY).eval()
     caption = caption_for("red", "circle", "right", "black")
@@ -91,12 +92,16 @@ def test_text_encoder_round_trip_and_unknown_words(tmp_path):
     loaded = load_text_encoder(path)
     assert loaded.tokenizer.vocabulary == encoder.tokenizer.vocabulary
     torch.testing.assert_close(loaded.encode([caption, ""]), context)
-    with pytest.warns(UserWarning, match="purple"):
-        tokens = loaded.tokenizer.encode("a purple circle")
-    assert tokens[0, 1].item() == 1  # <unk>
-    with warnings.catch_warnings():
+    # An unknown word: one plain log line naming it and the vocabulary, no Python warning.
+    with warnings.catch_warnings(), caplog.at_level(logging.WARNING):
         warnings.simplefilter("error")
+        tokens = loaded.tokenizer.encode("a purple circle dancing")
         loaded.tokenizer.encode(caption)
+    assert tokens[0, 1].item() == 1 and tokens[0, 3].item() == 1  # <unk>
+    assert [r.getMessage() for r in caplog.records] == [
+        "unknown words in the prompt: purple, dancing (the model ignores them); it knows only: "
+        + ", ".join(bundle.VOCABULARY)]
+    assert loaded.tokenizer.unknown_words(["a purple circle", "purple sky"]) == ["purple", "sky"]
     with pytest.raises(ValueError, match="at most"):
         loaded.tokenizer.encode(" ".join(["red"] * 40))
 

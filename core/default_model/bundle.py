@@ -18,6 +18,8 @@ import torch
 from ..dit.config import DiTConfig
 from ..synthetic.shapes import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES
 from ..text.encoder import TextEncoderConfig
+from .settings import (DEFAULT_CFG, DEFAULT_SHIFT, DEFAULT_SOLVER, DEFAULT_STEPS,  # noqa: F401
+                       FPS, FRAMES, HEIGHT, WIDTH)
 
 ROOT = Path(__file__).resolve().parent
 DIT_PATH = ROOT / "diffusion_models" / "flowdit_shapes_dit.safetensors"
@@ -37,12 +39,9 @@ SHAPES_DIT = DiTConfig("t2v", in_dim=8, out_dim=8, dim=128, ffn_dim=512, text_di
 SHAPES_TEXT = TextEncoderConfig(vocab_size=len(VOCABULARY) + 2, dim=64, num_layers=2,
                                 num_heads=2, max_len=16)
 
-# Default generation settings (the model card's table is measured at these).
-WIDTH, HEIGHT, FRAMES = 64, 64, 17
-DEFAULT_STEPS = 20
-DEFAULT_SHIFT = 2.0
-DEFAULT_CFG = 4.0
-DEFAULT_SOLVER = "unipc"
+# Default generation settings (WIDTH, HEIGHT, FRAMES, DEFAULT_STEPS, ...; the model card's tables are
+# measured at these) live in the torch-free `settings`, so the command line checks its arguments
+# before importing torch; imported above and re-exported here.
 
 
 @dataclass(frozen=True)

@@ -6,16 +6,17 @@
 
 The vocabulary is a fixed word list (stored in the .safetensors metadata with the configuration).
 Text is lower-cased and split on whitespace and punctuation; a word outside the vocabulary becomes
-`<unk>` with a warning naming it (the model never saw it, so it cannot follow it). Every caption
+`<unk>`, and one plain log line (logger `core.text.encoder`, level WARNING) names the unknown words
+and the vocabulary (the model never saw them, so it cannot follow them). Every caption
 is padded with `<pad>` to `max_len` tokens, so the empty caption is all padding: that is the null
 condition that training substitutes for ~10% of captions (classifier-free guidance dropout).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
-import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -26,6 +27,7 @@ SPECIAL_TOKENS = (PAD, UNK)
 METADATA_KEY_CONFIG = "flowdit_text_config"
 METADATA_KEY_VOCAB = "flowdit_text_vocabulary"
 _WORD = re.compile(r"[a-z0-9]+")
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -66,13 +68,28 @@ class WordTokenizer:
     def words(text: str) -> list[str]:
         return _WORD.findall(text.lower())
 
-    def encode(self, texts: list[str] | str, stacklevel: int = 2) -> torch.Tensor:
-        """Token ids [B, max_len] (int64); unknown words -> <unk> with one warning per call
-        (`stacklevel` as for warnings.warn, so the warning names the caller's line)."""
+    def known_words(self) -> list[str]:
+        """The vocabulary without the special tokens."""
+        return [w for w in self.vocabulary if w not in SPECIAL_TOKENS]
+
+    def unknown_words(self, texts: list[str] | str) -> list[str]:
+        """The words of `texts` outside the vocabulary, each once, in order of appearance."""
+        if isinstance(texts, str):
+            texts = [texts]
+        seen = dict.fromkeys(w for text in texts if isinstance(text, str)
+                             for w in self.words(text) if w not in self._ids)
+        return list(seen)
+
+    def describe_unknown(self, words: list[str]) -> str:
+        """One plain line naming unknown words and the vocabulary."""
+        return (f"unknown words in the prompt: {', '.join(words)} (the model ignores them); it "
+                f"knows only: {', '.join(self.known_words())}")
+
+    def encode(self, texts: list[str] | str) -> torch.Tensor:
+        """Token ids [B, max_len] (int64); unknown words -> <unk>, reported in one log line."""
         if isinstance(texts, str):
             texts = [texts]
         out = torch.full((len(texts), self.max_len), self._ids[PAD], dtype=torch.long)
-        unknown: list[str] = []
         for row, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"captions must be strings, got {type(text).__name__}")
@@ -81,13 +98,10 @@ class WordTokenizer:
                 raise ValueError(f"caption {text!r} has {len(words)} words; this text encoder "
                                  f"takes at most {self.max_len}")
             for col, word in enumerate(words):
-                if word not in self._ids:
-                    unknown.append(word)
                 out[row, col] = self._ids.get(word, self._ids[UNK])
+        unknown = self.unknown_words(texts)
         if unknown:
-            known = ", ".join(w for w in self.vocabulary if w not in SPECIAL_TOKENS)
-            warnings.warn(f"unknown word(s) {sorted(set(unknown))} replaced by {UNK}: the default "
-                          f"model only knows: {known}", stacklevel=stacklevel)
+            _log.warning("%s", self.describe_unknown(unknown))
         return out
 
 
@@ -127,9 +141,14 @@ class TextEncoder(nn.Module):
         return self.norm(x)
 
     @torch.no_grad()
+    def describe_unknown(self, words: list[str]) -> str:
+        """One plain line naming unknown words and the vocabulary."""
+        return (f"unknown words in the prompt: {', '.join(words)} (the model ignores them); it "
+                f"knows only: {', '.join(self.known_words())}")
+
     def encode(self, texts: list[str] | str) -> torch.Tensor:
         """Captions -> context [B, L, D] on the encoder's device ("" is the null condition)."""
-        tokens = self.tokenizer.encode(texts, stacklevel=4).to(self.position_embedding.device)
+        tokens = self.tokenizer.encode(texts).to(self.position_embedding.device)
         return self.forward(tokens)
 
 
