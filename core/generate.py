@@ -90,17 +90,35 @@ def image_to_tensor(image: np.ndarray, width: int, height: int):
     return x.permute(3, 0, 1, 2)[None] * 2.0 - 1.0                       # [1, 3, 1, H, W]
 
 
-def generate(options: GenerateOptions, model=None) -> np.ndarray:
+def generate(options: GenerateOptions, model=None, *, parallel=None,
+             shard_weights: bool = False) -> np.ndarray:
     """Frames uint8 [T, H, W, 3] for the options (loads the shipped model unless given; a
-    `bundle.DefaultModel`)."""
+    `bundle.DefaultModel`).
+
+    parallel: a `core.parallel.ParallelMesh` (under torchrun): the DiT's forward is split over
+    its ranks (Ulysses sequence parallelism, CFG parallelism); every rank returns the same frames.
+    shard_weights: with `parallel`, shard the DiT's weights over the ranks with FSDP2.
+    """
     import torch
 
     from .default_model import bundle
     from .flow.schedules import flow_sigmas
+    from .memory import ModelSizes, check_request_fits
     from .pipeline import SampleRequest, sample_video
 
     model = model or bundle.load_default_model("cpu")
     vae, dit, text = model.vae, model.dit, model.text
+    # Refuse what cannot fit before allocating it (the estimate and the largest size that fits).
+    check_request_fits(options.width, options.height, options.frames, cfg=options.cfg != 1.0,
+                       model=ModelSizes.from_models(dit.config, vae, compute_dtype=torch.float32,
+                                                    base=ModelSizes()))
+    if parallel is not None:
+        from .parallel import ParallelDiT
+        from .parallel import shard_weights as fsdp_shard
+
+        if shard_weights:
+            fsdp_shard(dit)
+        dit = ParallelDiT(dit, parallel)
     f = vae.latent_frames(options.frames)
     s = vae.spatial_stride
     shape = (1, vae.latent_channels, f, options.height // s, options.width // s)
@@ -220,10 +238,25 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=_int(1), default=DEFAULT_THREADS,
                    help="CPU threads for torch; this small model is fastest on 1, more threads "
                         "only add waiting on a busy machine (default: %(default)s)")
+    p.add_argument("--ulysses", type=_int(1), default=1,
+                   help="split each DiT forward's tokens over this many processes (Ulysses "
+                        "sequence parallelism; start them with `torchrun --nproc_per_node N -m core "
+                        "generate ...`; the model's heads must divide by N) (default: %(default)s)")
+    p.add_argument("--cfg-parallel", action="store_true",
+                   help="run the conditional and unconditional passes on different processes "
+                        "(doubles the processes torchrun must start) (default: off)")
+    p.add_argument("--shard-weights", action="store_true",
+                   help="with torchrun: shard the DiT's weights over the processes with FSDP2, for "
+                        "models that do not fit one device (default: off)")
     p.add_argument("--strict", action="store_true",
                    help="stop with an error on words outside the vocabulary instead of ignoring "
                         "them (default: off)")
     p.set_defaults(func=_cmd_generate)
+
+
+def _is_first_process() -> bool:
+    """False on the other ranks of a torchrun launch, which print nothing."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 _OPTION_FIELDS = ("steps", "shift", "cfg", "seed", "frames", "width", "height")
@@ -249,10 +282,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if args.image:
         image = read_first_frame(args.image)
         fit = describe_fit(image.shape[0], image.shape[1], options.height, options.width)
-        if fit:
+        if fit and _is_first_process():
             print(f"--image {args.image}: {fit}", file=sys.stderr)
         options = replace(options, image=image)
-    if options.steps < settings.MIN_RECOGNISABLE_STEPS:
+    if options.steps < settings.MIN_RECOGNISABLE_STEPS and _is_first_process():
         print(f"warning: --steps {options.steps} is below {settings.MIN_RECOGNISABLE_STEPS}: the "
               f"default model's clips may not be recognisable (model card: at 4 steps only 38-81% "
               f"show the prompted colour and direction, at 10 steps 88-95%)", file=sys.stderr)
@@ -263,12 +296,27 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     from .video_io import write_video
 
     torch.set_num_threads(args.threads)
+    mesh = None
+    if args.ulysses > 1 or args.cfg_parallel or args.shard_weights or "WORLD_SIZE" in os.environ:
+        from .parallel import init_mesh
+
+        mesh = init_mesh(args.ulysses, args.cfg_parallel)
     model = bundle.load_default_model("cpu")
     tokenizer = model.text.tokenizer
     unknown = tokenizer.unknown_words([options.prompt])
     if unknown and args.strict:
         raise ValueError(tokenizer.describe_unknown(unknown) + " (--strict)")
-    frames = generate(options, model)           # an unknown word is reported once, as one line
+    try:                                        # an unknown word is reported once, as one line
+        frames = generate(options, model, parallel=mesh, shard_weights=args.shard_weights)
+    except RuntimeError as err:
+        from .parallel import RankFailure
+
+        if not isinstance(err, RankFailure):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if mesh is not None and not mesh.is_writer:
+        return 0                                # rank 0 writes the file; the others write nothing
     path = write_video(frames, args.out, fps=settings.FPS)
     what = (f"{frames.shape[0]} PNG frames" if kind in ("folder", "pattern")
             else f"{frames.shape[0]} frames")
