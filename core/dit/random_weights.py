@@ -4,9 +4,12 @@ the model contributes to the output.
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 
-from .config import DiTConfig
+from .config import DiTConfig, dit_metadata
 from .model import WanDiT
 
 
@@ -34,3 +37,21 @@ def random_state_dict(config: DiTConfig, seed: int = 0, dtype: torch.dtype = tor
             value = 0.02 * noise
         out[key] = value.to(device=device, dtype=dtype)
     return out
+
+
+def write_random_dit(config: DiTConfig, path: str | os.PathLike, seed: int = 0,
+                     dtype: torch.dtype = torch.float32, fp8_scaled: str | None = None,
+                     prefix: str = "", **fp8_options) -> Path:
+    """Write a random DiT file of `config` (with the pack's `num_heads` metadata): a plain
+    safetensors file, or with fp8_scaled='old' / 'new' one of ComfyUI's fp8_scaled layouts (see
+    core/dit/scaled_fp8.py `save_scaled_fp8`; fp8_options go there). For tests that place tiny
+    models under real file names, e.g. wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors."""
+    from ..train.checkpointing import save_tensors
+    from .scaled_fp8 import save_scaled_fp8
+
+    sd = random_state_dict(config, seed=seed, dtype=torch.float32)
+    if fp8_scaled is not None:
+        return save_scaled_fp8(sd, path, fp8_scaled, prefix=prefix, metadata=dit_metadata(config),
+                               dtype=dtype, **fp8_options)
+    return save_tensors({prefix + k: v.to(dtype) for k, v in sd.items()}, path,
+                        metadata=dit_metadata(config))
