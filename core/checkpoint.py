@@ -213,15 +213,28 @@ def summarize_keys(keys, limit: int = 6) -> str:
     return f"{shown}{more}" if keys else "(none)"
 
 
-def describe_state_dict(sd: StateDict) -> str:
-    """One paragraph saying which model family a state dict belongs to and its configuration."""
-    from .dit.config import detect_config as detect_dit
+def describe_checkpoint(path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor]) -> str:
+    """A few lines saying which model family a checkpoint belongs to, its configuration, which
+    released model it can be, and how its weights are stored. Reads only the header."""
+    from .dit.config import describe_variant
+    from .dit.loader import read_dit_state_dict
     from .vae.config import detect_config as detect_vae
 
-    errors = []
-    for family, detect in (("DiT", detect_dit), ("VAE", detect_vae)):
+    try:
+        sd, config, scaled = read_dit_state_dict(path_or_state_dict, device="meta")
+    except ValueError as dit_err:
+        sd = read_state_dict(path_or_state_dict, device="meta")
         try:
-            return f"{family}: {detect(sd)}"
-        except ValueError as err:
-            errors.append(f"not a {family}: {err}")
-    raise ValueError("unrecognised checkpoint — " + "; ".join(errors))
+            return f"VAE: {detect_vae(sd)}"
+        except ValueError as vae_err:
+            raise ValueError(f"unrecognised checkpoint — not a DiT: {dit_err}; "
+                             f"not a VAE: {vae_err}") from None
+    storage = sd["blocks.0.ffn.0.weight"].dtype
+    weights = (f"fp8_scaled ({len(scaled)} layers fp8 with per-layer scales, dequantised at use)"
+               if scaled else f"stored in {str(storage).removeprefix('torch.')}")
+    return f"DiT: {config}\nModel: {describe_variant(config)}\nWeights: {weights}"
+
+
+def describe_state_dict(sd: StateDict) -> str:
+    """`describe_checkpoint` for a state dict in memory."""
+    return describe_checkpoint(sd)

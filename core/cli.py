@@ -6,11 +6,11 @@ import sys
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    """Print what a checkpoint is (DiT or VAE, detected configuration) without building it."""
-    from .checkpoint import read_state_dict, describe_state_dict
+    """Print what a checkpoint is (DiT or VAE, detected configuration, which released model it can
+    be, how the weights are stored) without building it or reading its weights."""
+    from .checkpoint import describe_checkpoint
 
-    sd = read_state_dict(args.checkpoint, device="meta")
-    print(describe_state_dict(sd))
+    print(describe_checkpoint(args.checkpoint))
     return 0
 
 

@@ -181,6 +181,30 @@ def _model_type(in_dim: int, out_dim: int, has_image: bool) -> tuple[str, bool]:
     return "t2v", True
 
 
+# What a file of each released shape can be. The Wan2.2 A14B experts share their shapes (and with
+# the T2V ones, Wan2.1-14B's): a file cannot tell which expert it is, only its name can.
+_EXPERT_NOTE = ("it can serve as the high-noise or the low-noise expert (both have identical "
+                "shapes; the file name says which — the user picks which is which)")
+
+
+def describe_variant(config: DiTConfig) -> str:
+    """Which released model(s) a detected configuration matches, in words (for `core info`)."""
+    names = [name for name, preset in PRESETS.items() if preset == config]
+    if config == PRESETS["wan2.2-i2v-a14b"]:
+        return f"Wan2.2 I2V-A14B expert (image-to-video, no CLIP image branch); {_EXPERT_NOTE}"
+    if config == PRESETS["wan2.2-t2v-a14b"]:
+        return (f"Wan2.1 T2V-14B or a Wan2.2 T2V-A14B expert (text-to-video); as an A14B expert "
+                f"{_EXPERT_NOTE}")
+    if names:
+        note = f"; as a Wan2.2 A14B-style expert {_EXPERT_NOTE}" if not config.has_image_branch \
+            and config.model_type == "i2v" else ""
+        return "preset " + " / ".join(names) + note
+    if config.model_type == "i2v" and not config.image_branch:
+        return (f"an I2V model without CLIP branch (Wan2.2 I2V-A14B / Fun-InP layout) at a "
+                f"non-standard size; as an A14B expert {_EXPERT_NOTE}")
+    return "no released Wan preset has these shapes (a custom or trimmed model)"
+
+
 def detect_config(sd: Mapping[str, torch.Tensor], num_heads: int | None = None) -> DiTConfig:
     """The DiTConfig of a Wan DiT state dict, from key names and shapes only.
 

@@ -43,10 +43,10 @@ def read_dit_state_dict(path_or_state_dict: str | os.PathLike | Mapping[str, tor
     """(state dict, config, scaled-fp8 layer names) of a DiT file or state dict: prefixes
     stripped, ComfyUI's fp8_scaled layouts normalised (see core/dit/scaled_fp8.py), the head count
     taken from `num_heads`, else the file's metadata, else dim / 128. device="meta": shapes only."""
+    sd = strip_prefix(read_state_dict(path_or_state_dict, device=device), marker_key=MARKER_KEY)
     metadata = {}
     if not isinstance(path_or_state_dict, Mapping):
         metadata = read_metadata(path_or_state_dict)
-    sd = strip_prefix(read_state_dict(path_or_state_dict, device=device), marker_key=MARKER_KEY)
     scaled: tuple[str, ...] = ()
     if is_scaled_fp8(sd, metadata):
         sd, info = split_scaled_fp8(sd, metadata)

@@ -68,12 +68,17 @@ def _layer_formats(sd: dict[str, torch.Tensor], metadata: Mapping[str, str] | No
     formats = {}
     for key in [k for k in sd if k.endswith("." + QUANT_CONF)]:
         raw = sd.pop(key)
+        layer = key[: -len(QUANT_CONF) - 1]
+        if raw.is_meta:  # shapes only (`core info`): the weight's dtype names the format
+            dtype = getattr(sd.get(f"{layer}.weight"), "dtype", None)
+            formats[layer] = {v: k for k, v in FORMATS.items()}.get(dtype, "unknown")
+            continue
         try:
             conf = json.loads(bytes(raw.to(torch.uint8).tolist()).decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as err:
             raise ValueError(f"{key} is not readable JSON ({err}); the file is damaged — "
                              f"download it again") from err
-        formats[key[: -len(QUANT_CONF) - 1]] = str(conf.get("format"))
+        formats[layer] = str(conf.get("format"))
     if metadata and QUANT_METADATA in metadata:
         try:
             layers = json.loads(metadata[QUANT_METADATA])["layers"]
