@@ -176,21 +176,42 @@ def quantize(weight: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn,
              scale: torch.Tensor | None = None, generator: torch.Generator | None = None
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """(W_fp8, scale) with W ≈ W_fp8 * scale; scale = max|W| / fp8 max unless given (then values
-    beyond the fp8 range are clamped). With a generator, rounding is stochastic (unbiased: a
-    change smaller than one fp8 step survives on average), else to nearest."""
-    w = weight.to(torch.float32)
+    beyond the fp8 range are clamped). With a generator, rounding is stochastic and unbiased (each
+    value goes to one of its two fp8 neighbours with the probabilities that keep its mean: a
+    change smaller than one fp8 step survives on average), else to nearest. Works through slices
+    of rows, so the float32 temporaries stay small next to the weight."""
     fmax = torch.finfo(dtype).max
     if scale is None:
-        scale = (w.abs().amax() / fmax).clamp_min(torch.finfo(torch.float32).tiny)
-    x = (w / scale.to(w.device)).clamp_(-fmax, fmax)
-    if generator is not None:
-        # One fp8 step at x: 2^(exponent - mantissa bits), no smaller than the subnormal step.
-        mant = {torch.float8_e4m3fn: 3, torch.float8_e5m2: 2}[dtype]
-        tiny = torch.finfo(dtype).smallest_normal
-        step = torch.exp2(torch.floor(torch.log2(x.abs().clamp_min(tiny))) - mant)
-        noise = torch.rand(x.shape, generator=generator, device=x.device) - 0.5
-        x = (x + noise * step).clamp_(-fmax, fmax)
-    return x.to(dtype), scale.to(torch.float32)
+        scale = (weight.abs().amax().float() / fmax).clamp_min(torch.finfo(torch.float32).tiny)
+    scale = scale.to(device=weight.device, dtype=torch.float32)
+    out = torch.empty(weight.shape, dtype=dtype, device=weight.device)
+    step = max(1, CAST_SLICE_ELEMENTS // max(1, weight[0].numel())) if weight.ndim else 1
+    rows = weight.reshape(1) if weight.ndim == 0 else weight
+    flat = out.reshape(1) if weight.ndim == 0 else out
+    for i in range(0, rows.shape[0], step):
+        s = scale if scale.ndim == 0 else scale[i:i + step]
+        x = (rows[i:i + step].float() / s).clamp_(-fmax, fmax)
+        flat[i:i + step] = x.to(dtype) if generator is None else _round_stochastic(x, dtype, generator)
+    return out, scale
+
+
+def _round_stochastic(x: torch.Tensor, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
+    """x (float32, within the fp8 range) -> fp8, rounding up with probability (x - lo) / (hi - lo)
+    between the fp8 neighbours lo <= x <= hi (found from the bit patterns, which increase with
+    the magnitude)."""
+    a = x.abs()
+    near = a.to(dtype)
+    near_f = near.float()
+    bits = near.view(torch.uint8).to(torch.int16)
+    max_bits = int(torch.tensor(torch.finfo(dtype).max).to(dtype).view(torch.uint8))
+    up = near_f < a                                             # the other neighbour is above
+    other = torch.where(up, bits + 1, bits - 1).clamp_(0, max_bits)
+    other_f = other.to(torch.uint8).view(dtype).float()
+    lo, hi = torch.where(up, near_f, other_f), torch.where(up, other_f, near_f)
+    span = hi - lo
+    p_hi = torch.where(span > 0, (a - lo) / torch.where(span > 0, span, 1.0), torch.zeros_like(a))
+    u = torch.rand(a.shape, generator=generator, device=generator.device).to(a.device)
+    return (torch.where(u < p_hi, hi, lo) * torch.sign(x)).to(dtype)
 
 
 class ScaledFP8Linear(CastLinear):
@@ -249,12 +270,16 @@ class ScaledFP8Linear(CastLinear):
         return dequantize(self.weight, self.weight_scale, dtype)
 
     def requantize_(self, weight: torch.Tensor, seed: int | None = None) -> torch.Tensor:
-        """Store `weight` (real values) as fp8 with this layer's scale; returns the fp8 tensor."""
-        gen = None
-        if seed is not None:
-            gen = torch.Generator(device=weight.device).manual_seed(int(seed) % (1 << 63))
-        q, _ = quantize(weight, self.weight.dtype, self.weight_scale.to(weight.device), gen)
+        """Store `weight` (real values) as fp8 (a new tensor; stochastic rounding seeded by `seed`).
+        The scale stays unless the new values would not fit the fp8 range under it; then it
+        grows to max|W| / fp8 max (per row for per-row scales), so nothing is clipped."""
+        fmax = torch.finfo(self.weight.dtype).max
+        scale = self.weight_scale.to(weight.device)
+        amax = weight.abs().amax() if scale.ndim == 0 else weight.abs().amax(dim=1, keepdim=True)
+        scale = torch.maximum(scale, amax.float() / fmax)
+        q, _ = quantize(weight, self.weight.dtype, scale, _generator(seed, weight.device))
         self.weight = nn.Parameter(q.to(self.weight.device), requires_grad=False)
+        self.weight_scale = scale.to(self.weight_scale.device)
         return self.weight
 
     # -- ComfyUI ModelPatcher hooks (see the class docstring)
@@ -264,10 +289,10 @@ class ScaledFP8Linear(CastLinear):
 
     def set_weight(self, weight: torch.Tensor, inplace_update: bool = False, seed: int | None = None,
                    return_weight: bool = False, **kwargs) -> torch.Tensor | None:
-        gen = None
-        if seed is not None:
-            gen = torch.Generator(device=weight.device).manual_seed(int(seed) % (1 << 63))
-        q, _ = quantize(weight, self.weight.dtype, self.weight_scale.to(weight.device), gen)
+        # The scale must stay: ComfyUI restores only `weight` when it unpatches. Values beyond
+        # the fp8 range under it are clipped, as ComfyUI's own scaled-fp8 layers did.
+        q, _ = quantize(weight, self.weight.dtype, self.weight_scale.to(weight.device),
+                        _generator(seed, weight.device))
         if return_weight:
             return q
         if inplace_update:
@@ -275,6 +300,11 @@ class ScaledFP8Linear(CastLinear):
         else:
             self.weight = nn.Parameter(q.to(self.weight.device), requires_grad=False)
         return None
+
+
+def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    """A generator for stochastic rounding (on the CPU, so results do not depend on the device)."""
+    return None if seed is None else torch.Generator().manual_seed(int(seed) % (1 << 63))
 
 
 def _scaled_mm_ok(layer: ScaledFP8Linear, x: torch.Tensor) -> bool:

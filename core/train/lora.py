@@ -301,7 +301,8 @@ def load_lora(dit: nn.Module, lora: str | os.PathLike | Mapping[str, torch.Tenso
     mode 'merge': W += strength · (alpha / rank) · up @ down (and diffs), computed in float32 and
     stored in W's dtype, in place (copy the model first to keep the original). An fp8_scaled layer
     (core/dit/scaled_fp8.py) is dequantised, patched and quantised back to fp8 with its own scale
-    (unbiased stochastic rounding, seeded by the layer name): the model keeps its fp8 memory.
+    (grown where the patched values would not fit; unbiased stochastic rounding seeded by the
+    layer name): the model keeps its fp8 memory.
     mode 'runtime': attach adapters (base weights untouched; `set_lora_strength` changes the
     strength later, `remove_lora` takes them off); a layer that has an adapter already gets a
     further one stacked on it, so several LoRAs add up. `.diff` / `.diff_b` deltas (norms,
