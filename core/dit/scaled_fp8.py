@@ -195,23 +195,30 @@ def quantize(weight: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn,
     return out, scale
 
 
+# (mantissa bits, exponent of the smallest normal) of each fp8 format.
+_FP8_BITS = {torch.float8_e4m3fn: (3, -6), torch.float8_e5m2: (2, -14)}
+
+
 def _round_stochastic(x: torch.Tensor, dtype: torch.dtype, generator: torch.Generator) -> torch.Tensor:
-    """x (float32, within the fp8 range) -> fp8, rounding up with probability (x - lo) / (hi - lo)
-    between the fp8 neighbours lo <= x <= hi (found from the bit patterns, which increase with
-    the magnitude)."""
-    a = x.abs()
-    near = a.to(dtype)
-    near_f = near.float()
-    bits = near.view(torch.uint8).to(torch.int16)
-    max_bits = int(torch.tensor(torch.finfo(dtype).max).to(dtype).view(torch.uint8))
-    up = near_f < a                                             # the other neighbour is above
-    other = torch.where(up, bits + 1, bits - 1).clamp_(0, max_bits)
-    other_f = other.to(torch.uint8).view(dtype).float()
-    lo, hi = torch.where(up, near_f, other_f), torch.where(up, other_f, near_f)
-    span = hi - lo
-    p_hi = torch.where(span > 0, (a - lo) / torch.where(span > 0, span, 1.0), torch.zeros_like(a))
-    u = torch.rand(a.shape, generator=generator, device=generator.device).to(a.device)
-    return (torch.where(u < p_hi, hi, lo) * torch.sign(x)).to(dtype)
+    """x (float32, within the fp8 range) -> fp8, rounded up or down to its fp8 neighbours with
+    probabilities that keep the mean. On the float32 bit pattern: add random bits below the last
+    mantissa bit fp8 keeps at x's exponent, then cut them off (in sign-magnitude form this is
+    unbiased stochastic rounding; a carry moves into the next binade as it should). Magnitudes
+    below the smallest fp8 subnormal go to 0 or to it with probability |x| / subnormal."""
+    mant, min_exp = _FP8_BITS[dtype]
+    bits = x.view(torch.int32)
+    exponent = ((bits >> 23) & 0xFF) - 127
+    drop = (min_exp - exponent).clamp_(min=0) + (23 - mant)           # float32 bits to cut
+    tiny = drop > 23
+    drop.clamp_(max=23)
+    noise = torch.randint(0, 1 << 23, x.shape, generator=generator, dtype=torch.int32).to(x.device)
+    mask = (torch.ones_like(drop) << drop) - 1
+    y = ((bits + (noise & mask)) & ~mask).view(torch.float32)
+    subnormal = 2.0 ** (min_exp - mant)
+    up = noise.to(torch.float32) * 2.0 ** -23 < x.abs() / subnormal
+    y = torch.where(tiny, torch.where(up, subnormal, 0.0).to(x.dtype).copysign(x), y)
+    fmax = torch.finfo(dtype).max
+    return y.clamp_(-fmax, fmax).to(dtype)
 
 
 class ScaledFP8Linear(CastLinear):
@@ -269,18 +276,29 @@ class ScaledFP8Linear(CastLinear):
         """The real weight [out, in] in `dtype` (a new tensor)."""
         return dequantize(self.weight, self.weight_scale, dtype)
 
-    def requantize_(self, weight: torch.Tensor, seed: int | None = None) -> torch.Tensor:
-        """Store `weight` (real values) as fp8 (a new tensor; stochastic rounding seeded by `seed`).
-        The scale stays unless the new values would not fit the fp8 range under it; then it
-        grows to max|W| / fp8 max (per row for per-row scales), so nothing is clipped."""
+    def add_(self, delta_rows, seed: int | None = None) -> None:
+        """W <- W + delta, stored as fp8 again (a new tensor; stochastic rounding seeded by `seed`).
+        delta_rows(i, j): the float32 delta of output rows i..j-1, so the work runs over slices of
+        rows and the float32 temporaries stay small. The scale stays unless the new values would
+        not fit the fp8 range under it; then it grows to max|W| / fp8 max (per row for per-row
+        scales), so nothing is clipped."""
         fmax = torch.finfo(self.weight.dtype).max
-        scale = self.weight_scale.to(weight.device)
-        amax = weight.abs().amax() if scale.ndim == 0 else weight.abs().amax(dim=1, keepdim=True)
-        scale = torch.maximum(scale, amax.float() / fmax)
-        q, _ = quantize(weight, self.weight.dtype, scale, _generator(seed, weight.device))
-        self.weight = nn.Parameter(q.to(self.weight.device), requires_grad=False)
-        self.weight_scale = scale.to(self.weight_scale.device)
-        return self.weight
+        rows = max(1, CAST_SLICE_ELEMENTS // self.in_features)
+        scale = self.weight_scale.to(torch.float32)
+
+        def new_rows(i: int) -> torch.Tensor:
+            s = scale if scale.ndim == 0 else scale[i:i + rows]
+            return dequantize(self.weight[i:i + rows], s, torch.float32) + delta_rows(i, i + rows)
+
+        amax = torch.cat([new_rows(i).abs().amax(dim=1) for i in range(0, self.out_features, rows)])
+        new_scale = torch.maximum(scale, (amax.amax() if scale.ndim == 0 else amax[:, None]) / fmax)
+        gen = _generator(seed, self.weight.device)
+        q = torch.empty_like(self.weight)
+        for i in range(0, self.out_features, rows):
+            s = new_scale if new_scale.ndim == 0 else new_scale[i:i + rows]
+            q[i:i + rows], _ = quantize(new_rows(i), self.weight.dtype, s, gen)
+        self.weight = nn.Parameter(q, requires_grad=False)
+        self.weight_scale = new_scale
 
     # -- ComfyUI ModelPatcher hooks (see the class docstring)
     def convert_weight(self, weight: torch.Tensor, inplace: bool = False, **kwargs) -> torch.Tensor:

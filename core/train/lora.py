@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..dit.scaled_fp8 import ScaledFP8Linear
 from .checkpointing import save_tensors
 
 logger = logging.getLogger(__name__)
@@ -333,41 +334,50 @@ def load_lora(dit: nn.Module, lora: str | os.PathLike | Mapping[str, torch.Tenso
         for name, d in deltas.items():
             if name in params and name not in modules:              # a bare parameter: diff only
                 owner, _, attr = name.rpartition(".")
-                _patch(modules[owner], attr, strength * d.diff.float(), in_place, name)
+                _patch(modules[owner], attr, strength * d.diff.float(), in_place)
                 continue
             layer = modules[name]
-            weight_delta = None
-            if d.up is not None:
+            pair = d.up is not None and mode == "merge"
+            if d.up is not None and mode == "runtime":
                 r = d.down.shape[0]
-                alpha = d.alpha if d.alpha is not None else float(r)
-                if mode == "runtime":
-                    adapter = _attach(layer, r, alpha, strength)
-                    adapter.lora_up.weight.copy_(d.up.float())
-                    adapter.lora_down.weight.copy_(d.down.float())
+                adapter = _attach(layer, r, d.alpha if d.alpha is not None else float(r), strength)
+                adapter.lora_up.weight.copy_(d.up.float())
+                adapter.lora_down.weight.copy_(d.down.float())
+            if pair or d.diff is not None:
+                rows = _weight_delta(d, strength, pair, layer.weight.device)
+                if isinstance(layer, ScaledFP8Linear):
+                    layer.add_(rows, seed=zlib.crc32(f"{name}.weight".encode()))  # reproducible
                 else:
-                    dev = layer.weight.device
-                    weight_delta = (strength * alpha / r) * (d.up.float().to(dev) @ d.down.float().to(dev))
-            if d.diff is not None:
-                diff = strength * d.diff.float().to(layer.weight.device)
-                weight_delta = diff if weight_delta is None else weight_delta + diff
-            if weight_delta is not None:
-                _patch(layer, "weight", weight_delta, in_place, name + ".weight")
+                    _patch(layer, "weight", rows(0, layer.weight.shape[0]), in_place)
             if d.diff_b is not None:
-                _patch(layer, "bias", strength * d.diff_b.float(), in_place, name + ".bias")
+                _patch(layer, "bias", strength * d.diff_b.float(), in_place)
     return report
 
 
-def _patch(module: nn.Module, attr: str, delta: torch.Tensor, in_place: bool, key: str) -> None:
-    """module.<attr> += delta (float32 math, stored in the parameter's dtype); an fp8_scaled
-    weight is dequantised and quantised back with its scale. in_place=False puts a new tensor in
-    place of the parameter instead of writing into it (tensors shared with other models stay)."""
-    from ..dit.scaled_fp8 import ScaledFP8Linear
+def _weight_delta(d: _Delta, strength: float, pair: bool, device: torch.device):
+    """delta_rows(i, j): the weight delta of output rows i..j-1 in float32,
+    strength · ((alpha / r) · up[i:j] @ down + diff[i:j])."""
+    if pair:
+        r = d.down.shape[0]
+        coef = strength * (d.alpha if d.alpha is not None else float(r)) / r
+        up, down = d.up.float().to(device), d.down.float().to(device)
+    diff = None if d.diff is None else d.diff.float().to(device)
 
+    def rows(i: int, j: int) -> torch.Tensor:
+        out = coef * (up[i:j] @ down) if pair else None
+        if diff is not None:
+            part = strength * diff.reshape(diff.shape[0], -1)[i:j].reshape(-1, *diff.shape[1:])
+            out = part if out is None else out + part
+        return out
+
+    return rows
+
+
+def _patch(module: nn.Module, attr: str, delta: torch.Tensor, in_place: bool) -> None:
+    """module.<attr> += delta (float32 math, stored in the parameter's dtype). in_place=False puts
+    a new tensor in place of the parameter instead of writing into it (tensors shared with other
+    models stay as they are)."""
     param = getattr(module, attr)
-    if attr == "weight" and isinstance(module, ScaledFP8Linear):
-        seed = zlib.crc32(key.encode())                 # reproducible rounding per layer
-        module.requantize_(module.dequantized(torch.float32) + delta.reshape(param.shape), seed)
-        return
     value = (param.float() + delta.to(param.device).reshape(param.shape)).to(param.dtype)
     if in_place:
         param.copy_(value)
