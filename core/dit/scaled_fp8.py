@@ -326,15 +326,16 @@ def _generator(seed: int | None, device: torch.device) -> torch.Generator | None
 
 
 def _scaled_mm_ok(layer: ScaledFP8Linear, x: torch.Tensor) -> bool:
-    """torch._scaled_mm runs here: CUDA capability >= 8.9, e4m3 weight, per-tensor scale, sizes
-    that are multiples of 16, a 16/32-bit input."""
+    """torch._scaled_mm runs here: CUDA capability >= 8.9, e4m3 weight, per-tensor scale, all
+    matrix sizes multiples of 16, a bf16/fp16 input (its fp32 output takes no bias)."""
     if not (x.is_cuda and layer.weight.is_cuda and hasattr(torch, "_scaled_mm")):
         return False
     if torch.cuda.get_device_capability(x.device) < SCALED_MM_MIN_CAPABILITY:
         return False
     return (layer.weight.dtype == torch.float8_e4m3fn and layer.weight_scale.ndim == 0
             and layer.in_features % 16 == 0 and layer.out_features % 16 == 0
-            and x.dtype in (torch.bfloat16, torch.float16, torch.float32))
+            and (x.numel() // layer.in_features) % 16 == 0
+            and x.dtype in (torch.bfloat16, torch.float16))
 
 
 def set_fp8_matmul(model: nn.Module, enabled: bool) -> int:
