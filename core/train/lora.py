@@ -324,7 +324,9 @@ def load_lora(dit: nn.Module, lora: str | os.PathLike | Mapping[str, torch.Tenso
         logger.warning("LoRA: %d of %d keys match nothing in this model and were ignored: %s",
                        len(ignored), len(lora), _fmt_keys(ignored))
     modules = dict(dit.named_modules())
-    params = dict(dit.named_parameters())
+    # Names only: holding the parameters here would keep each replaced fp8 weight alive until the
+    # end (a second copy of the model at the peak).
+    param_names = {name for name, _ in dit.named_parameters()}
     rank = max((d.down.shape[0] for d in deltas.values() if d.down is not None), default=0)
     report = LoRAReport(layers=tuple(sorted(deltas)), ignored=tuple(ignored), rank=rank)
     if strength == 0.0:
@@ -332,7 +334,7 @@ def load_lora(dit: nn.Module, lora: str | os.PathLike | Mapping[str, torch.Tenso
     in_place = mode == "merge"
     with torch.no_grad():
         for name, d in deltas.items():
-            if name in params and name not in modules:              # a bare parameter: diff only
+            if name in param_names and name not in modules:         # a bare parameter: diff only
                 owner, _, attr = name.rpartition(".")
                 _patch(modules[owner], attr, strength * d.diff.float(), in_place)
                 continue
