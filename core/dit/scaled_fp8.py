@@ -43,6 +43,9 @@ LAYOUTS = ("old", "new")
 FORMATS: Mapping[str, torch.dtype] = {"float8_e4m3fn": torch.float8_e4m3fn,
                                       "float8_e5m2": torch.float8_e5m2}
 FP8_DTYPES = tuple(FORMATS.values())
+# Quantising works through slices of at most this many elements: its float32/int32 temporaries
+# (about ten per slice) stay at tens of MB, which the allocator keeps for reuse, not hundreds.
+QUANT_SLICE_ELEMENTS = 1 << 20
 # torch._scaled_mm (fp8 x fp8 tensor-core matmul) needs an Ada/Hopper GPU or newer.
 SCALED_MM_MIN_CAPABILITY = (8, 9)
 
@@ -185,7 +188,7 @@ def quantize(weight: torch.Tensor, dtype: torch.dtype = torch.float8_e4m3fn,
         scale = (weight.abs().amax().float() / fmax).clamp_min(torch.finfo(torch.float32).tiny)
     scale = scale.to(device=weight.device, dtype=torch.float32)
     out = torch.empty(weight.shape, dtype=dtype, device=weight.device)
-    step = max(1, CAST_SLICE_ELEMENTS // max(1, weight[0].numel())) if weight.ndim else 1
+    step = max(1, QUANT_SLICE_ELEMENTS // max(1, weight[0].numel())) if weight.ndim else 1
     rows = weight.reshape(1) if weight.ndim == 0 else weight
     flat = out.reshape(1) if weight.ndim == 0 else out
     for i in range(0, rows.shape[0], step):
@@ -283,7 +286,7 @@ class ScaledFP8Linear(CastLinear):
         not fit the fp8 range under it; then it grows to max|W| / fp8 max (per row for per-row
         scales), so nothing is clipped."""
         fmax = torch.finfo(self.weight.dtype).max
-        rows = max(1, CAST_SLICE_ELEMENTS // self.in_features)
+        rows = max(1, QUANT_SLICE_ELEMENTS // self.in_features)
         scale = self.weight_scale.to(torch.float32)
 
         def new_rows(i: int) -> torch.Tensor:
