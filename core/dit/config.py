@@ -67,6 +67,10 @@ class DiTConfig:
         if len(self.patch_size) != 3 or any(int(p) < 1 for p in self.patch_size):
             raise ValueError(f"patch_size must be three positive ints (F, H, W), got {self.patch_size}")
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        if not isinstance(self.image_branch, bool):
+            raise TypeError(f"image_branch must be True or False, got {self.image_branch!r}")
+        if self.model_type != "i2v":  # meaningful for i2v only: one spelling for the others
+            object.__setattr__(self, "image_branch", True)
         for name in ("in_dim", "out_dim", "dim", "ffn_dim", "freq_dim", "text_dim", "num_heads",
                      "num_layers", "image_dim"):
             if int(getattr(self, name)) < 1:
