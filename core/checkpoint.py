@@ -6,6 +6,8 @@ layout and detects its configuration from the state dict it gets from here.
 """
 from __future__ import annotations
 
+import json
+import math
 import os
 import pickle
 from collections.abc import Mapping
@@ -63,23 +65,76 @@ def read_state_dict(path_or_state_dict: str | os.PathLike | Mapping[str, torch.T
 
 
 def _read_safetensors(path: Path, device: torch.device) -> StateDict:
-    from safetensors import SafetensorError, safe_open
-
+    header, data_start = _safetensors_header(path)
+    out = {}
+    if device.type == "meta":
+        for key, entry in header.items():
+            out[key] = torch.empty(entry["shape"], dtype=entry["dtype"], device="meta")
+        return out
+    # Each tensor is read straight from the file into its own buffer (no memory map, no second
+    # copy): loading needs the file's size in memory, not twice that.
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            if device.type == "meta":
-                out = {}
-                for k in f.keys():
-                    sl = f.get_slice(k)
-                    out[k] = torch.empty(sl.get_shape(), dtype=_SAFETENSORS_DTYPES[sl.get_dtype()],
-                                         device="meta")
-                return out
-            out = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, KeyError) as err:
+        with open(path, "rb") as f:
+            for key, entry in header.items():
+                begin, end = entry["offsets"]
+                t = torch.empty(entry["shape"], dtype=entry["dtype"])
+                view = t.view(-1).view(torch.uint8) if t.numel() else t.view(torch.uint8)
+                f.seek(data_start + begin)
+                if f.readinto(memoryview(view.numpy())) != end - begin:
+                    raise ValueError(f"tensor {key!r} is cut short")
+                out[key] = t if device.type == "cpu" else t.to(device)
+    except (OSError, ValueError) as err:
         raise ValueError(
             f"{path.name}: not a readable safetensors file ({err}); the download may be "
             f"truncated or the file is of another kind — download it again") from err
-    return {k: v.to(device) for k, v in out.items()} if device.type != "cpu" else out
+    return out
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a safetensors file (`__metadata__`); {} for other files."""
+    path = Path(path)
+    if path.suffix.lower() not in SAFETENSORS_SUFFIXES:
+        return {}
+    return dict(_safetensors_header(path, metadata=True))
+
+
+# A header larger than this is not a checkpoint's (real 14B files have ~100 kB headers).
+_MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+def _safetensors_header(path: Path, metadata: bool = False) -> tuple[dict, int] | dict[str, str]:
+    """({key: {dtype, shape, offsets}}, start of the data) of a safetensors file, checked against
+    the file's size; or, with metadata=True, its `__metadata__` strings."""
+    bad = f"{path.name}: not a readable safetensors file"
+    fix = "the download may be truncated or the file is of another kind — download it again"
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n < 2 or n > min(_MAX_HEADER_BYTES, size - 8):
+                raise ValueError("no valid header")
+            raw = json.loads(f.read(n).decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as err:
+        raise ValueError(f"{bad} ({err}); {fix}") from err
+    if not isinstance(raw, dict):
+        raise ValueError(f"{bad} (the header is not a table); {fix}")
+    meta = raw.pop("__metadata__", None) or {}
+    if metadata:
+        return {str(k): str(v) for k, v in meta.items()}
+    out = {}
+    for key, entry in raw.items():
+        try:
+            dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
+            shape = [int(d) for d in entry["shape"]]
+            begin, end = (int(o) for o in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{bad}: tensor {key!r} has an unsupported or damaged entry "
+                             f"({err}); {fix}") from err
+        if end - begin != math.prod(shape) * dtype.itemsize or end > size - 8 - n or begin < 0:
+            raise ValueError(f"{bad}: tensor {key!r} does not fit in the file; {fix}")
+        out[key] = {"dtype": dtype, "shape": shape, "offsets": (begin, end)}
+    return out, 8 + n
 
 
 def _read_pickle(path: Path, device: torch.device) -> StateDict:
@@ -158,15 +213,28 @@ def summarize_keys(keys, limit: int = 6) -> str:
     return f"{shown}{more}" if keys else "(none)"
 
 
-def describe_state_dict(sd: StateDict) -> str:
-    """One paragraph saying which model family a state dict belongs to and its configuration."""
-    from .dit.config import detect_config as detect_dit
+def describe_checkpoint(path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor]) -> str:
+    """A few lines saying which model family a checkpoint belongs to, its configuration, which
+    released model it can be, and how its weights are stored. Reads only the header."""
+    from .dit.config import describe_variant
+    from .dit.loader import read_dit_state_dict
     from .vae.config import detect_config as detect_vae
 
-    errors = []
-    for family, detect in (("DiT", detect_dit), ("VAE", detect_vae)):
+    try:
+        sd, config, scaled = read_dit_state_dict(path_or_state_dict, device="meta")
+    except ValueError as dit_err:
+        sd = read_state_dict(path_or_state_dict, device="meta")
         try:
-            return f"{family}: {detect(sd)}"
-        except ValueError as err:
-            errors.append(f"not a {family}: {err}")
-    raise ValueError("unrecognised checkpoint — " + "; ".join(errors))
+            return f"VAE: {detect_vae(sd)}"
+        except ValueError as vae_err:
+            raise ValueError(f"unrecognised checkpoint — not a DiT: {dit_err}; "
+                             f"not a VAE: {vae_err}") from None
+    storage = sd["blocks.0.ffn.0.weight"].dtype
+    weights = (f"fp8_scaled ({len(scaled)} layers fp8 with per-layer scales, dequantised at use)"
+               if scaled else f"stored in {str(storage).removeprefix('torch.')}")
+    return f"DiT: {config}\nModel: {describe_variant(config)}\nWeights: {weights}"
+
+
+def describe_state_dict(sd: StateDict) -> str:
+    """`describe_checkpoint` for a state dict in memory."""
+    return describe_checkpoint(sd)

@@ -19,15 +19,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    """Print what a checkpoint is (DiT, VAE or the pack's text encoder) without building it."""
+    """Print what a checkpoint is (DiT, VAE or the pack's text encoder: detected configuration,
+    which released model it can be, how the weights are stored) without building it or reading
+    its weights."""
     text_encoder = _describe_text_encoder(args.checkpoint)
     if text_encoder:
         print(text_encoder)
         return 0
-    from .checkpoint import describe_state_dict, read_state_dict
+    from .checkpoint import describe_checkpoint
 
-    sd = read_state_dict(args.checkpoint, device="meta")
-    print(describe_state_dict(sd))
+    print(describe_checkpoint(args.checkpoint))
     return 0
 
 

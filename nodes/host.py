@@ -4,6 +4,7 @@ torch behaviour, so the nodes run anywhere.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -71,26 +72,36 @@ class HostedModel:
         """A model with a LoRA applied at `strength`; this one is left unchanged.
 
         Inside ComfyUI: ComfyUI's own LoRA patches on a clone of the ModelPatcher (weights are
-        patched when loaded and restored after, no copy of the model). Without ComfyUI: a copy
-        that shares every base tensor, with run-time adapters attached.
+        patched when loaded and restored after, no copy of the model; fp8_scaled layers take part
+        through their convert_weight / set_weight hooks, see core/dit/scaled_fp8.py). Without
+        ComfyUI: a copy that shares every base tensor, with run-time adapters attached.
+        Either way a LoRA none of whose keys fit this model is an error naming some of its keys,
+        and keys that fit nothing are logged.
         """
-        if self.patcher is not None:
-            import comfy.lora
+        from ..core.checkpoint import read_state_dict
+        from ..core.train.lora import load_lora, parse_lora
 
-            from ..core.checkpoint import read_state_dict
+        try:
+            lora = read_state_dict(path)
+            if self.patcher is None:
+                shared = share_parameters(self.module)
+                load_lora(shared, lora, strength=strength, mode="runtime")
+                return HostedModel(shared)
+            _, ignored = parse_lora(lora, self.module)  # our check: nothing matched / what is ignored
+        except ValueError as err:
+            raise ValueError(f"{path.name}: {err}") from err
+        import comfy.lora
 
-            patches = comfy.lora.load_lora(read_state_dict(path), lora_key_map(self.module))
-            if not patches:
-                raise ValueError(f"{path.name}: no LoRA weights match this model's layers; is it "
-                                 f"a LoRA for this model family?")
-            clone = self.patcher.clone()
-            clone.add_patches(patches, strength)
-            return HostedModel(self.module, patcher=clone)
-        from ..core.train.lora import load_lora
-
-        shared = share_parameters(self.module)
-        load_lora(shared, path, strength=strength, mode="runtime")
-        return HostedModel(shared)
+        if ignored:
+            logging.warning("%s: %d of %d LoRA keys match nothing in this model and are ignored "
+                            "(e.g. %s)", path.name, len(ignored), len(lora), ", ".join(ignored[:4]))
+        patches = comfy.lora.load_lora(lora, lora_key_map(self.module), log_missing=False)
+        if not patches:
+            raise ValueError(f"{path.name}: no LoRA weights match this model's layers; is it "
+                             f"a LoRA for this model family?")
+        clone = self.patcher.clone()
+        clone.add_patches(patches, strength)
+        return HostedModel(self.module, patcher=clone)
 
     def prepare(self, memory_required: int = 0) -> torch.device:
         """Make the weights usable on the compute device and return that device."""
@@ -120,14 +131,20 @@ class HostedModel:
 
 
 def lora_key_map(module: torch.nn.Module) -> dict[str, str]:
-    """LoRA key prefixes -> weight keys, for ComfyUI's `comfy.lora.load_lora`: the layouts
-    ComfyUI's own Wan LoRA loader accepts (`diffusion_model.`, kohya `lora_unet_`, bare names)."""
+    """LoRA key prefixes -> parameter keys, for ComfyUI's `comfy.lora.load_lora`: the layouts
+    ComfyUI's own Wan LoRA loader accepts (comfy/lora.py `model_lora_keys_unet`): for a weight,
+    `diffusion_model.<module>`, kohya `lora_unet_<module_with_underscores>` and the bare module
+    name (low-rank pairs, `.diff` and `.diff_b` for its bias); for any other parameter (e.g. a
+    block's `modulation`), its own name with and without `diffusion_model.`."""
     out = {}
-    for key, p in module.state_dict().items():
-        if key.endswith(".weight") and p.ndim == 2:
+    for key in module.state_dict():
+        if key.endswith(".weight"):
             name = key[: -len(".weight")]
             for alias in (f"diffusion_model.{name}", f"lora_unet_{name.replace('.', '_')}", name):
                 out[alias] = key
+        elif not key.endswith((".bias", ".weight_scale", ".input_scale")):
+            out[f"diffusion_model.{key}"] = key
+            out[key] = key
     return out
 
 

@@ -33,8 +33,9 @@ def compute_dtype_for(device: torch.device) -> torch.dtype:
 
 
 class FlowDiTLoader:
-    DESCRIPTION = ("Loads a Wan-family video DiT (Wan2.1 T2V/I2V, Wan2.2 TI2V-5B, or the pack's own "
-                   "small model). The configuration is detected from the file.")
+    DESCRIPTION = ("Loads a Wan-family video DiT (Wan2.1 T2V/I2V, Wan2.2 TI2V-5B, a Wan2.2 A14B "
+                   "high- or low-noise expert, or the pack's own small model), including ComfyUI's "
+                   "fp8_scaled files. The configuration is detected from the file.")
     CATEGORY = "FlowDiT/loaders"
     RETURN_TYPES = (MODEL_TYPE,)
     RETURN_NAMES = ("model",)
@@ -49,8 +50,10 @@ class FlowDiTLoader:
                            ".safetensors/.pth or ComfyUI's repackaged file)."}),
             "weight_dtype": (list(WEIGHT_DTYPES), {
                 "default": "default",
-                "tooltip": "How the weights are stored in memory. 'default' keeps the file's dtype; "
-                           "fp8 halves memory again and upcasts each layer when it runs."}),
+                "tooltip": "How the weights are stored in memory. 'default' keeps the file's dtype "
+                           "(an fp8_scaled file stays fp8 and each layer is dequantised when it "
+                           "runs); fp8 halves memory again and upcasts each layer when it runs; "
+                           "fp16/bf16 on an fp8_scaled file dequantises it once (twice the memory)."}),
             "attention": (attention_choices(), {
                 "default": "sdpa",
                 "tooltip": "Attention kernel. PyTorch SDPA always works; flash-attn and "

@@ -9,8 +9,11 @@ from .handles import MODEL_TYPE
 
 
 class FlowDiTLoraLoader:
-    DESCRIPTION = ("Applies a LoRA from ComfyUI/models/loras to a FlowDiT model. The input model is "
-                   "left unchanged; strength 0 gives the original model.")
+    DESCRIPTION = ("Applies a LoRA from ComfyUI/models/loras to a FlowDiT model (ComfyUI's Wan LoRA "
+                   "layouts, the Wan2.2-Lightning / LightX2V 4-step LoRAs — one per A14B expert — "
+                   "or one trained with the pack), also on fp8_scaled models. The input model is "
+                   "left unchanged; strength 0 gives the original model. A LoRA made for another "
+                   "model is an error that names some of its keys.")
     CATEGORY = "FlowDiT/loaders"
     RETURN_TYPES = (MODEL_TYPE,)
     RETURN_NAMES = ("model",)
@@ -23,7 +26,9 @@ class FlowDiTLoraLoader:
             "model": (MODEL_TYPE, {"tooltip": "From Load FlowDiT (or another LoRA loader)."}),
             "lora_name": (host.model_names("loras"), {"tooltip": "A LoRA file in ComfyUI/models/loras."}),
             "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
-                                   "tooltip": "How strongly the LoRA changes the model (0 = not at all)."}),
+                                   "tooltip": "How strongly the LoRA changes the model (0 = not at "
+                                              "all). LightX2V users often run 3.0 on the high-noise "
+                                              "expert and 1.0 on the low-noise one."}),
         }}
 
     @classmethod

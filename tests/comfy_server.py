@@ -57,7 +57,7 @@ def write_models(base: Path) -> None:
     from safetensors.torch import save_file
 
     sys.path.insert(0, str(ROOT))
-    from core.dit.config import get_preset
+    from core.dit.config import dit_metadata, get_preset
     from core.dit.random_weights import random_state_dict as dit_weights
     from core.vae.config import preset as vae_preset
     from core.vae.model import random_state_dict as vae_weights
@@ -65,7 +65,8 @@ def write_models(base: Path) -> None:
     for folder in ("diffusion_models", "vae"):
         (base / "models" / folder).mkdir(parents=True, exist_ok=True)
     for name, p in DIT_FILES.items():
-        save_file(dit_weights(get_preset(p), seed=1), str(base / "models" / "diffusion_models" / name))
+        save_file(dit_weights(get_preset(p), seed=1), str(base / "models" / "diffusion_models" / name),
+                  metadata=dit_metadata(get_preset(p)))  # tiny models: 32-wide heads
     for name, p in VAE_FILES.items():
         save_file(vae_weights(vae_preset(p), seed=2), str(base / "models" / "vae" / name))
     from test_nodes_e2e import write_lora

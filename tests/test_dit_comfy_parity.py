@@ -23,8 +23,9 @@ def comfy_wan(comfy):
 
 def _comfy_model(comfy_wan, cfg, sd):
     WanModel, operations = comfy_wan
-    # ComfyUI has no 'ti2v' type: Wan2.2 TI2V-5B is its 't2v' with 48 in/out channels.
-    model = WanModel(model_type="i2v" if cfg.model_type == "i2v" else "t2v", patch_size=cfg.patch_size,
+    # ComfyUI has no 'ti2v' type: Wan2.2 TI2V-5B is its 't2v' with 48 in/out channels; likewise a
+    # Wan2.2 I2V-A14B expert (no CLIP branch) is its 't2v' with 36 input channels.
+    model = WanModel(model_type="i2v" if cfg.has_image_branch else "t2v", patch_size=cfg.patch_size,
                      in_dim=cfg.in_dim, out_dim=cfg.out_dim, dim=cfg.dim, ffn_dim=cfg.ffn_dim,
                      freq_dim=cfg.freq_dim, text_dim=cfg.text_dim, num_heads=cfg.num_heads,
                      num_layers=cfg.num_layers, qk_norm=cfg.qk_norm,
@@ -35,12 +36,12 @@ def _comfy_model(comfy_wan, cfg, sd):
 
 
 @pytest.mark.comfyui
-@pytest.mark.parametrize("preset", ["tiny-t2v", "tiny-i2v", "tiny-ti2v"])
+@pytest.mark.parametrize("preset", ["tiny-t2v", "tiny-i2v", "tiny-i2v-a14b", "tiny-ti2v"])
 @pytest.mark.parametrize("per_token", [False, True], ids=["scalar_t", "per_token_t"])
 def test_velocity_matches_comfyui(comfy_wan, preset, per_token):
     cfg = get_preset(preset)
     sd = random_state_dict(cfg, seed=3)
-    ours = load_dit(sd, dtype=torch.float32)
+    ours = load_dit(sd, dtype=torch.float32, num_heads=cfg.num_heads)
     theirs = _comfy_model(comfy_wan, cfg, sd)
 
     gen = torch.Generator().manual_seed(11)

@@ -1,6 +1,10 @@
 """Loading DiT checkpoints: official and ComfyUI-prefixed key layouts in .safetensors and .pth,
-configuration detection (all four released Wan DiTs, as meta tensors), dtype policy, and the
+configuration detection (the released Wan DiTs, as meta tensors), dtype policy, and the
 errors for files that are not a usable DiT checkpoint.
+
+The tiny presets have 32-wide heads, which no key records: their files carry `num_heads` in the
+safetensors metadata (as every DiT file this pack writes), and state dicts in memory or .pth files
+pass `num_heads=` (the head-count rule itself is tested in test_dit_a14b_files.py).
 """
 from __future__ import annotations
 
@@ -10,10 +14,13 @@ from safetensors.torch import save_file
 
 from core.checkpoint import read_state_dict
 from core.dit import PRESETS, detect_config, get_preset, load_dit
+from core.dit.config import dit_metadata
 from core.dit.random_weights import random_state_dict
 
-REAL_PRESETS = ["wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b", "wan2.2-ti2v-5b"]
-TINY_PRESETS = ["tiny-t2v", "tiny-i2v", "tiny-ti2v"]
+REAL_PRESETS = ["wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b", "wan2.2-ti2v-5b",
+                "wan2.2-t2v-a14b", "wan2.2-i2v-a14b"]
+TINY_PRESETS = ["tiny-t2v", "tiny-i2v", "tiny-i2v-a14b", "tiny-ti2v"]
+TINY_HEADS = 2  # every tiny preset: width 64 in 32-wide heads
 
 
 def _forward(model, seed=0):
@@ -26,9 +33,11 @@ def _forward(model, seed=0):
         return model(x, torch.tensor([321.0]), context, clip)
 
 
-def _save(sd, path):
+def _save(sd, path, heads=TINY_HEADS):
+    """A file as this pack writes it: safetensors with the head count in its metadata (None: a
+    file made elsewhere, without); .pth files have no metadata."""
     if path.suffix == ".safetensors":
-        save_file(sd, str(path))
+        save_file(sd, str(path), metadata=None if heads is None else {"num_heads": str(heads)})
     else:
         torch.save(sd, str(path))
     return path
@@ -39,21 +48,24 @@ def _save(sd, path):
 @pytest.mark.parametrize("name", REAL_PRESETS + TINY_PRESETS)
 def test_detects_each_preset_from_meta_tensors(name):
     sd = random_state_dict(PRESETS[name], device="meta")               # shapes only: 14B is free
-    assert detect_config(sd) == PRESETS[name]
+    heads = PRESETS[name].num_heads if name.startswith("tiny") else None
+    assert detect_config(sd, num_heads=heads) == PRESETS[name]
 
 
 def test_detected_variants_of_the_real_checkpoints():
     got = {n: detect_config(random_state_dict(PRESETS[n], device="meta")) for n in REAL_PRESETS}
     assert [(c.model_type, c.dim, c.num_layers, c.num_heads, c.in_dim, c.out_dim)
             for c in got.values()] == [("t2v", 1536, 30, 12, 16, 16), ("t2v", 5120, 40, 40, 16, 16),
-                                       ("i2v", 5120, 40, 40, 36, 16), ("ti2v", 3072, 30, 24, 48, 48)]
+                                       ("i2v", 5120, 40, 40, 36, 16), ("ti2v", 3072, 30, 24, 48, 48),
+                                       ("t2v", 5120, 40, 40, 16, 16), ("i2v", 5120, 40, 40, 36, 16)]
+    assert [c.has_image_branch for c in got.values()] == [False, False, True, False, False, False]
 
 
 def test_detects_from_a_file_header_without_reading_weights(tmp_path):
     path = _save(random_state_dict(get_preset("tiny-i2v")), tmp_path / "m.safetensors")
     sd = read_state_dict(path, device="meta")
     assert all(v.is_meta for v in sd.values())
-    assert detect_config(sd) == get_preset("tiny-i2v")
+    assert detect_config(sd, num_heads=TINY_HEADS) == get_preset("tiny-i2v")
 
 
 # --- round trips ------------------------------------------------------------------------------
@@ -67,9 +79,9 @@ LAYOUTS = ([(p, "") for p in TINY_PRESETS]
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
 def test_random_weights_load_back_strictly_with_identical_output(tmp_path, preset, prefix, suffix):
     sd = random_state_dict(get_preset(preset), seed=5)
-    reference = _forward(load_dit(sd))
+    reference = _forward(load_dit(sd, num_heads=TINY_HEADS))
     path = _save({prefix + k: v for k, v in sd.items()}, tmp_path / f"dit{suffix}")
-    model = load_dit(path)
+    model = load_dit(path, num_heads=None if suffix == ".safetensors" else TINY_HEADS)
     assert model.config == get_preset(preset)
     loaded = model.state_dict()
     assert set(loaded) == set(sd) and all(torch.equal(loaded[k], sd[k]) for k in sd)
@@ -89,35 +101,36 @@ def test_whole_pipeline_file_keeps_only_the_dit(tmp_path):
 
 def test_state_dict_is_loaded_in_place_without_a_second_copy():
     sd = random_state_dict(get_preset("tiny-t2v"))
-    model = load_dit(sd)
+    model = load_dit(sd, num_heads=TINY_HEADS)
     key = "blocks.1.ffn.0.weight"
     assert model.get_parameter(key).data_ptr() == sd[key].data_ptr()
 
 
 def test_bf16_checkpoint_is_not_upcast():
     sd = random_state_dict(get_preset("tiny-t2v"), dtype=torch.bfloat16)
-    model = load_dit(sd, dtype=torch.float32)                           # fp32 compute, bf16 storage
+    model = load_dit(sd, dtype=torch.float32, num_heads=TINY_HEADS)     # fp32 compute, bf16 storage
     assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert model.compute_dtype == torch.float32
     assert _forward(model).dtype == torch.float32
-    assert load_dit(sd).compute_dtype == torch.bfloat16                 # default: as stored
+    assert load_dit(sd, num_heads=TINY_HEADS).compute_dtype == torch.bfloat16  # default: as stored
 
 
 def test_fp8_checkpoint_defaults_to_bf16_compute_and_stays_fp8():
     sd = random_state_dict(get_preset("tiny-t2v"))
     sd = {k: v.to(torch.float8_e4m3fn) if v.ndim == 2 else v for k, v in sd.items()}
-    model = load_dit(sd, weight_dtype=None)
+    model = load_dit(sd, weight_dtype=None, num_heads=TINY_HEADS)
     assert model.compute_dtype == torch.bfloat16
     assert model.blocks[0].self_attn.q.weight.dtype == torch.float8_e4m3fn
     assert torch.isfinite(_forward(model)).all()
 
 
 def test_dtype_names_are_accepted():
-    model = load_dit(random_state_dict(get_preset("tiny-t2v")), dtype="bf16", weight_dtype="fp8_e5m2")
+    model = load_dit(random_state_dict(get_preset("tiny-t2v")), dtype="bf16", weight_dtype="fp8_e5m2",
+                     num_heads=TINY_HEADS)
     assert model.compute_dtype == torch.bfloat16
     assert model.blocks[0].ffn[2].weight.dtype == torch.float8_e5m2
     with pytest.raises(ValueError, match="unknown dtype 'fp12'"):
-        load_dit(random_state_dict(get_preset("tiny-t2v")), dtype="fp12")
+        load_dit(random_state_dict(get_preset("tiny-t2v")), dtype="fp12", num_heads=TINY_HEADS)
 
 
 # --- bad files --------------------------------------------------------------------------------
@@ -160,7 +173,7 @@ def test_unsupported_wan_variant_is_named():
     sd = random_state_dict(get_preset("tiny-t2v"))
     sd["vace_blocks.0.modulation"] = torch.zeros(1, 6, 64)
     with pytest.raises(ValueError, match=r"unexpected 1 \(vace_blocks.0.modulation\).*VACE"):
-        load_dit(sd)
+        load_dit(sd, num_heads=TINY_HEADS)
 
 
 def test_incomplete_checkpoint_is_reported_briefly():
@@ -168,14 +181,14 @@ def test_incomplete_checkpoint_is_reported_briefly():
     del sd["blocks.1.cross_attn.k.weight"], sd["blocks.0.norm3.bias"]
     with pytest.raises(ValueError, match=r"missing 2 \(blocks.0.norm3.bias, "
                                          r"blocks.1.cross_attn.k.weight\).*download it again"):
-        load_dit(sd)
+        load_dit(sd, num_heads=TINY_HEADS)
 
 
 def test_wrong_tensor_shape_is_reported():
     sd = random_state_dict(get_preset("tiny-t2v"))
     sd["blocks.1.ffn.2.weight"] = torch.zeros(64, 100)
     with pytest.raises(ValueError, match="size mismatch for blocks.1.ffn.2.weight"):
-        load_dit(sd)
+        load_dit(sd, num_heads=TINY_HEADS)
 
 
 class _Payload:
@@ -207,7 +220,8 @@ def test_missing_file(tmp_path):
 
 def test_detection_ignores_a_repackaging_prefix():
     sd = random_state_dict(get_preset("tiny-ti2v"), device="meta")
-    assert detect_config({"model.diffusion_model." + k: v for k, v in sd.items()}) == get_preset("tiny-ti2v")
+    prefixed = {"model.diffusion_model." + k: v for k, v in sd.items()}
+    assert detect_config(prefixed, num_heads=TINY_HEADS) == get_preset("tiny-ti2v")
 
 
 def test_cli_info_describes_a_dit_file(tmp_path, capsys):

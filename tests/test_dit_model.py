@@ -33,7 +33,8 @@ def _inputs(cfg: DiTConfig, batch=2, frames=3, height=4, width=6, dtype=torch.fl
 @pytest.fixture(scope="module")
 def model64():
     cfg = get_preset("tiny-ti2v")
-    return load_dit(random_state_dict(cfg, seed=1, dtype=torch.float64), dtype=torch.float64)
+    return load_dit(random_state_dict(cfg, seed=1, dtype=torch.float64), dtype=torch.float64,
+                    num_heads=cfg.num_heads)
 
 
 # --- patchify ---------------------------------------------------------------------------------
@@ -150,8 +151,8 @@ def test_batch_elements_are_independent(model64):
 def test_fp8_weight_storage_runs_close_to_fp32(weight_dtype):
     cfg = get_preset("tiny-t2v")
     sd = random_state_dict(cfg, seed=2)
-    ref = load_dit(sd, dtype=torch.float32)
-    fp8 = load_dit(sd, dtype=torch.float32, weight_dtype=weight_dtype)
+    ref = load_dit(sd, dtype=torch.float32, num_heads=cfg.num_heads)
+    fp8 = load_dit(sd, dtype=torch.float32, weight_dtype=weight_dtype, num_heads=cfg.num_heads)
     assert fp8.blocks[0].ffn[0].weight.dtype == weight_dtype
     assert fp8.blocks[0].modulation.dtype == torch.float32            # fp32 islands untouched
     x, context, _ = _inputs(cfg, dtype=torch.float32)
@@ -171,8 +172,8 @@ def test_half_compute_runs_close_to_fp32(dtype):
     x, context, _ = _inputs(cfg, dtype=torch.float32)
     t = torch.tensor([700.0, 300.0])
     with torch.no_grad():
-        v_ref = load_dit(sd, dtype=torch.float32)(x, t, context)
-        half = load_dit(sd, dtype=dtype)
+        v_ref = load_dit(sd, dtype=torch.float32, num_heads=cfg.num_heads)(x, t, context)
+        half = load_dit(sd, dtype=dtype, num_heads=cfg.num_heads)
         v_half = half(x, t, context)
     assert half.blocks[0].self_attn.q.weight.dtype == dtype           # narrowed, not kept fp32
     assert v_half.dtype == torch.float32                               # returned in x's dtype
@@ -221,7 +222,7 @@ def test_sdpa_matches_explicit_softmax_attention():
 
 @pytest.fixture(scope="module")
 def t2v():
-    return load_dit(random_state_dict(get_preset("tiny-t2v")))
+    return load_dit(random_state_dict(get_preset("tiny-t2v")), num_heads=get_preset("tiny-t2v").num_heads)
 
 
 def test_wrong_latent_channels(t2v):
@@ -302,7 +303,7 @@ def test_x_integer_dtype(t2v):
 def test_gradients_reach_every_parameter():
     # Training builds on this model: every parameter must get a gradient (per-token t included).
     cfg = get_preset("tiny-i2v")
-    model = load_dit(random_state_dict(cfg, seed=4))
+    model = load_dit(random_state_dict(cfg, seed=4), num_heads=cfg.num_heads)
     x, context, clip = _inputs(cfg, dtype=torch.float32)
     t = torch.full((2, 18), 400.0)
     t[:, :6] = 0.0

@@ -12,6 +12,7 @@ VAE_PRESETS = {"2.1": "test-2.1", "2.2": "test-2.2"}
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
+    from core.dit.config import dit_metadata
     from core.dit.config import get_preset as dit_preset
     from core.dit.random_weights import random_state_dict as dit_weights
     from core.vae.config import preset as vae_preset
@@ -25,7 +26,8 @@ def models_dir(tmp_path_factory):
         sd = dit_weights(dit_preset(p), seed=1)
         if name == "t2v":
             sd = {f"model.diffusion_model.{k}": v for k, v in sd.items()}
-        save_file(sd, str(root / "diffusion_models" / f"{name}.safetensors"))
+        save_file(sd, str(root / "diffusion_models" / f"{name}.safetensors"),
+                  metadata=dit_metadata(dit_preset(p)))  # as the pack writes DiT files
     for name, p in VAE_PRESETS.items():
         save_file(vae_weights(vae_preset(p), seed=2), str(root / "vae" / f"vae{name}.safetensors"))
     write_lora(root / "loras" / "test_lora.safetensors")

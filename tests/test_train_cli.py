@@ -10,6 +10,7 @@ from PIL import Image
 from core.cli import main
 from core.dit import get_preset
 from core.dit.random_weights import random_state_dict
+from core.dit.config import dit_metadata
 from core.train.checkpointing import load_tensors, save_tensors
 from core.vae import PRESETS
 from core.vae.model import random_state_dict as vae_weights
@@ -28,7 +29,8 @@ def make_run(tmp_path, **overrides):
         (data / f"c{i}.txt").write_text(caption)
     save_tensors(vae_weights(PRESETS["test-2.1"], seed=0), tmp_path / "vae.safetensors")
     cfg = get_preset("tiny-t2v", text_dim=32, num_layers=1)
-    save_tensors(random_state_dict(cfg, seed=0), tmp_path / "dit.safetensors")
+    save_tensors(random_state_dict(cfg, seed=0), tmp_path / "dit.safetensors",
+                 metadata=dit_metadata(cfg))  # the tiny model's 32-wide heads
     g = torch.Generator().manual_seed(0)
     save_tensors({c: torch.randn(2 + len(c) % 3, 32, generator=g) for c in ["", "red", "blue", "green"]},
                  tmp_path / "embeds.safetensors")

@@ -24,7 +24,7 @@ TOL = dict(rtol=1e-5, atol=1e-6)
 
 
 def base_dit():
-    return load_dit(random_state_dict(CFG, seed=1), dtype=torch.float32)
+    return load_dit(random_state_dict(CFG, seed=1), dtype=torch.float32, num_heads=CFG.num_heads)
 
 
 def inputs(seed=0):
@@ -145,8 +145,8 @@ def test_wrong_loras_are_refused(trained):
     with pytest.raises(ValueError, match="another model family"):
         load_lora(base_dit(), {"unet.down.0.lora_up.weight": torch.zeros(2, 2),
                                "unet.down.0.lora_down.weight": torch.zeros(2, 2)})
-    wide = load_dit(random_state_dict(get_preset("tiny-t2v", text_dim=32, dim=96, num_heads=3),
-                                      seed=0), dtype=torch.float32)
+    wide_cfg = get_preset("tiny-t2v", text_dim=32, dim=96, num_heads=3)
+    wide = load_dit(random_state_dict(wide_cfg, seed=0), dtype=torch.float32, num_heads=3)
     with pytest.raises(ValueError, match="another size"):
         load_lora(wide, path)
     with pytest.raises(ValueError, match="mode"):

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..dit.config import dit_metadata
 from ..dit.model import WanDiT
 from ..synthetic.shapes import make_clip, to_tensor
 from ..text.encoder import TextEncoder, save_text_encoder
@@ -121,7 +122,7 @@ def export(run_dir: Path, dit_path: Path = DIT_PATH, text_path: Path = TEXT_PATH
     dit_path.parent.mkdir(parents=True, exist_ok=True)
     text_path.parent.mkdir(parents=True, exist_ok=True)
     save_tensors(dit_sd, dit_path, metadata={"flowdit": "default model DiT",
-                                             "step": str(state["step"])})
+                                             "step": str(state["step"]), **dit_metadata(SHAPES_DIT)})
     save_text_encoder(model.text, text_path)
     print(f"exported step {state['step']} ({'EMA' if chosen is ema else 'raw'}) to {dit_path} "
           f"and {text_path}")

@@ -351,6 +351,15 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def _model_metadata(model: nn.Module) -> dict[str, str]:
+    """Metadata a weights file of `model` carries: a DiT's head count (see core/dit/config.py),
+    so that the exported file loads back with the right heads at any width."""
+    from ..dit.config import DiTConfig, dit_metadata
+
+    config = getattr(model, "config", None)
+    return dit_metadata(config) if isinstance(config, DiTConfig) else {}
+
+
 def use_bf16(config: TrainConfig, device: torch.device) -> bool:
     """Whether this run computes in bf16: 'bf16', or 'auto' on a CUDA device that supports it."""
     return config.mixed_precision == "bf16" or (
@@ -625,10 +634,10 @@ def _finish(out: Path, model: nn.Module, ema: dict[str, torch.Tensor] | None, d:
     losses: tuple[float, ...] = ()
     if d.rank == 0:
         log.flush()
-        weights = save_tensors(trainable_state(model), out / "trained.safetensors",
-                               metadata={"step": str(step)})
+        meta = {"step": str(step), **_model_metadata(model)}
+        weights = save_tensors(trainable_state(model), out / "trained.safetensors", metadata=meta)
         if ema is not None:
-            ema_path = save_tensors(ema, out / "ema.safetensors", metadata={"step": str(step)})
+            ema_path = save_tensors(ema, out / "ema.safetensors", metadata=meta)
         rows = log.read()
         losses = tuple(r["loss"] for r in rows)
         render_loss_curve([r["step"] for r in rows], list(losses), out / "loss.png")

@@ -14,13 +14,19 @@ models (comfy/lora.py `model_lora_keys_unet` + comfy/weight_adapter/lora.py):
 
 `load_lora` also reads the other layouts ComfyUI accepts for Wan: `lora_A`/`lora_B`
 (diffusers/PEFT), `lora_unet_blocks_0_self_attn_q` names (kohya, Wan-Fun's `lora_unet__`), the
-prefixes `model.diffusion_model.`, `transformer.` or none, and full `.diff` / `.diff_b` deltas.
+prefixes `model.diffusion_model.`, `transformer.` or none, and full `.diff` / `.diff_b` deltas —
+which is how the Wan2.2-Lightning / LightX2V 4-step distill LoRAs store their norm and bias
+changes (`diffusion_model.blocks.0.norm3.diff`, `diffusion_model.blocks.0.self_attn.q.diff_b`).
+A LoRA none of whose keys match is an error that names some of them (the usual sign of a LoRA
+for another model); keys that match nothing while others do are logged and reported as ignored.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..dit.scaled_fp8 import ScaledFP8Linear
 from .checkpointing import save_tensors
+
+logger = logging.getLogger(__name__)
 
 # The attention (self and cross: q, k, v, o) and FFN projections of every block.
 DEFAULT_TARGETS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
@@ -201,32 +210,54 @@ class _Delta:
     up: torch.Tensor | None = None            # [out, r]
     down: torch.Tensor | None = None          # [r, in]
     alpha: float | None = None
-    diff: torch.Tensor | None = None          # full weight delta [out, in]
+    diff: torch.Tensor | None = None          # full delta of the target's weight (or of the parameter)
     diff_b: torch.Tensor | None = None        # bias delta [out]
 
 
+def _fmt_keys(keys: Sequence[str], limit: int = 4) -> str:
+    keys = sorted(keys)
+    more = f", … ({len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
 def parse_lora(lora: Mapping[str, torch.Tensor], dit: nn.Module) -> tuple[dict[str, _Delta], list[str]]:
-    """Match the keys of a LoRA state dict to `dit`'s linear layers: ({layer name: delta}, ignored
-    keys). Raises ValueError when nothing matches or shapes disagree."""
-    linear = {n: m for n, m in dit.named_modules() if isinstance(m, nn.Linear)}
-    by_underscore = {n.replace(".", "_"): n for n in linear}
+    """Match the keys of a LoRA state dict to `dit`: ({target name: delta}, ignored keys).
+
+    Low-rank pairs (`<layer>.lora_up/lora_down.weight` + `.alpha`, and the other pair spellings)
+    target linear layers; `<module>.diff` the weight of any module (norms, linear layers, the patch
+    embedding) or a bare parameter (`blocks.N.modulation.diff`), `<module>.diff_b` its bias — the
+    keys ComfyUI's LoRA loader applies (comfy/lora.py). Keys it does not apply either (e.g.
+    LightX2V's `blocks.N.diff_m`) are returned as ignored. Raises ValueError when nothing
+    matches (naming some keys) or shapes disagree.
+    """
+    modules = dict(dit.named_modules())
+    params = dict(dit.named_parameters())
+    linear = {n for n, m in modules.items() if isinstance(m, nn.Linear)}
+    by_underscore = {n.replace(".", "_"): n for n in modules if n}
     found: dict[str, dict[str, object]] = {}
     used: set[str] = set()
 
-    def module_of(stem: str) -> str | None:
+    def resolve(stem: str, ok) -> str | None:
         for prefix in KNOWN_PREFIXES:
-            if stem.startswith(prefix) and stem[len(prefix):] in linear:
+            if stem.startswith(prefix) and ok(stem[len(prefix):]):
                 return stem[len(prefix):]
         for kohya in ("lora_unet__", "lora_unet_"):
-            if stem.startswith(kohya) and stem[len(kohya):] in by_underscore:
-                return by_underscore[stem[len(kohya):]]
+            name = by_underscore.get(stem[len(kohya):]) if stem.startswith(kohya) else None
+            if name is not None and ok(name):
+                return name
         return None
+
+    def has_weight(name: str) -> bool:
+        return name in params or (name in modules and getattr(modules[name], "weight", None) is not None)
+
+    def has_bias(name: str) -> bool:
+        return name in modules and getattr(modules[name], "bias", None) is not None
 
     for key in lora:
         for up_sfx, down_sfx in _PAIR_SUFFIXES:
             if key.endswith(up_sfx) and key[:-len(up_sfx)] + down_sfx in lora:
                 stem = key[:-len(up_sfx)]
-                name = module_of(stem)
+                name = resolve(stem, linear.__contains__)
                 if name is not None:
                     entry = found.setdefault(name, {})
                     entry["up"], entry["down"] = lora[key], lora[stem + down_sfx]
@@ -235,26 +266,31 @@ def parse_lora(lora: Mapping[str, torch.Tensor], dit: nn.Module) -> tuple[dict[s
                         entry["alpha"] = float(lora[stem + ".alpha"].float().reshape(-1)[0])
                         used.add(stem + ".alpha")
                 break
-        for sfx, slot in ((".diff", "diff"), (".diff_b", "diff_b")):
-            if key.endswith(sfx) and (name := module_of(key[:-len(sfx)])) is not None:
+        for sfx, slot, ok in ((".diff", "diff", has_weight), (".diff_b", "diff_b", has_bias)):
+            if key.endswith(sfx) and (name := resolve(key[:-len(sfx)], ok)) is not None:
                 found.setdefault(name, {})[slot] = lora[key]
                 used.add(key)
     if not found:
-        raise ValueError(f"none of the {len(lora)} keys of this LoRA match the model's layers "
-                         f"(e.g. {sorted(lora)[:2]}); it was made for another model family")
+        raise ValueError(f"0 of the {len(lora)} keys of this LoRA match the model's layers "
+                         f"(e.g. {_fmt_keys(lora, 3)}); it was made for another model family or "
+                         f"architecture — use a LoRA made for this model")
     deltas = {}
     for name, entry in found.items():
         delta = _Delta(**entry)
-        w = linear[name].weight
+        target = params.get(name)
+        w = target if target is not None else modules[name].weight
         if delta.up is not None:
             if delta.up.ndim != 2 or delta.down.ndim != 2 or delta.up.shape[1] != delta.down.shape[0] \
                     or (delta.up.shape[0], delta.down.shape[1]) != tuple(w.shape):
                 raise ValueError(f"LoRA for {name}: up {list(delta.up.shape)} x down "
                                  f"{list(delta.down.shape)} does not fit the weight "
                                  f"{list(w.shape)}; the LoRA was made for a model of another size")
-        if delta.diff is not None and tuple(delta.diff.shape) != tuple(w.shape):
-            raise ValueError(f"LoRA diff for {name} has shape {list(delta.diff.shape)}, the weight "
-                             f"{list(w.shape)}; the LoRA was made for a model of another size")
+        for slot, ref in (("diff", w), ("diff_b", getattr(modules.get(name), "bias", None))):
+            value = getattr(delta, slot)
+            if value is not None and tuple(value.shape) != tuple(ref.shape):
+                raise ValueError(f"LoRA {slot} for {name} has shape {list(value.shape)}, the "
+                                 f"parameter {list(ref.shape)}; the LoRA was made for a model of "
+                                 f"another size")
         deltas[name] = delta
     return deltas, sorted(set(lora) - used)
 
@@ -264,10 +300,16 @@ def load_lora(dit: nn.Module, lora: str | os.PathLike | Mapping[str, torch.Tenso
     """Apply a LoRA file (or state dict) to `dit` with `strength`.
 
     mode 'merge': W += strength · (alpha / rank) · up @ down (and diffs), computed in float32 and
-    stored in W's dtype. In place: copy the model first to keep the original.
+    stored in W's dtype, in place (copy the model first to keep the original). An fp8_scaled layer
+    (core/dit/scaled_fp8.py) is dequantised, patched and quantised back to fp8 with its own scale
+    (grown where the patched values would not fit; unbiased stochastic rounding seeded by the
+    layer name): the model keeps its fp8 memory.
     mode 'runtime': attach adapters (base weights untouched; `set_lora_strength` changes the
     strength later, `remove_lora` takes them off); a layer that has an adapter already gets a
-    further one stacked on it, so several LoRAs add up. Only low-rank pairs, not `.diff` deltas.
+    further one stacked on it, so several LoRAs add up. `.diff` / `.diff_b` deltas (norms,
+    biases) are applied to new tensors that replace the parameters of this module only, so a
+    copy sharing its tensors with another model (nodes/host.py `share_parameters`) leaves that
+    model unchanged. Strength 0 changes nothing at all.
     """
     if mode not in LOAD_MODES:
         raise ValueError(f"mode must be one of {LOAD_MODES}, got {mode!r}")
@@ -278,32 +320,68 @@ def load_lora(dit: nn.Module, lora: str | os.PathLike | Mapping[str, torch.Tenso
 
         lora = read_state_dict(lora)
     deltas, ignored = parse_lora(lora, dit)
+    if ignored:
+        logger.warning("LoRA: %d of %d keys match nothing in this model and were ignored: %s",
+                       len(ignored), len(lora), _fmt_keys(ignored))
     modules = dict(dit.named_modules())
-    if mode == "runtime" and any(d.diff is not None or d.diff_b is not None for d in deltas.values()):
-        raise ValueError("this LoRA holds full weight deltas (.diff keys), which apply only merged; "
-                         "load it with mode='merge'")
-    rank = 0
+    # Names only: holding the parameters here would keep each replaced fp8 weight alive until the
+    # end (a second copy of the model at the peak).
+    param_names = {name for name, _ in dit.named_parameters()}
+    rank = max((d.down.shape[0] for d in deltas.values() if d.down is not None), default=0)
+    report = LoRAReport(layers=tuple(sorted(deltas)), ignored=tuple(ignored), rank=rank)
+    if strength == 0.0:
+        return report
+    in_place = mode == "merge"
     with torch.no_grad():
         for name, d in deltas.items():
+            if name in param_names and name not in modules:         # a bare parameter: diff only
+                owner, _, attr = name.rpartition(".")
+                _patch(modules[owner], attr, strength * d.diff.float(), in_place)
+                continue
             layer = modules[name]
-            if d.up is not None:
+            pair = d.up is not None and mode == "merge"
+            if d.up is not None and mode == "runtime":
                 r = d.down.shape[0]
-                rank = max(rank, r)
-                alpha = d.alpha if d.alpha is not None else float(r)
-                if mode == "runtime":
-                    adapter = _attach(layer, r, alpha, strength)
-                    adapter.lora_up.weight.copy_(d.up.float())
-                    adapter.lora_down.weight.copy_(d.down.float())
-                    continue
-                delta = (alpha / r) * (d.up.float().to(layer.weight.device)
-                                       @ d.down.float().to(layer.weight.device))
-                _add_(layer.weight, strength * delta)
-            if d.diff is not None:
-                _add_(layer.weight, strength * d.diff.float().to(layer.weight.device))
-            if d.diff_b is not None and layer.bias is not None:
-                _add_(layer.bias, strength * d.diff_b.float().to(layer.bias.device))
-    return LoRAReport(layers=tuple(sorted(deltas)), ignored=tuple(ignored), rank=rank)
+                adapter = _attach(layer, r, d.alpha if d.alpha is not None else float(r), strength)
+                adapter.lora_up.weight.copy_(d.up.float())
+                adapter.lora_down.weight.copy_(d.down.float())
+            if pair or d.diff is not None:
+                rows = _weight_delta(d, strength, pair, layer.weight.device)
+                if isinstance(layer, ScaledFP8Linear):
+                    layer.add_(rows, seed=zlib.crc32(f"{name}.weight".encode()))  # reproducible
+                else:
+                    _patch(layer, "weight", rows(0, layer.weight.shape[0]), in_place)
+            if d.diff_b is not None:
+                _patch(layer, "bias", strength * d.diff_b.float(), in_place)
+    return report
 
 
-def _add_(param: torch.Tensor, delta: torch.Tensor) -> None:
-    param.copy_((param.float() + delta.reshape(param.shape)).to(param.dtype))
+def _weight_delta(d: _Delta, strength: float, pair: bool, device: torch.device):
+    """delta_rows(i, j): the weight delta of output rows i..j-1 in float32,
+    strength · ((alpha / r) · up[i:j] @ down + diff[i:j])."""
+    if pair:
+        r = d.down.shape[0]
+        coef = strength * (d.alpha if d.alpha is not None else float(r)) / r
+        up, down = d.up.float().to(device), d.down.float().to(device)
+    diff = None if d.diff is None else d.diff.float().to(device)
+
+    def rows(i: int, j: int) -> torch.Tensor:
+        out = coef * (up[i:j] @ down) if pair else None
+        if diff is not None:
+            part = strength * diff.reshape(diff.shape[0], -1)[i:j].reshape(-1, *diff.shape[1:])
+            out = part if out is None else out + part
+        return out
+
+    return rows
+
+
+def _patch(module: nn.Module, attr: str, delta: torch.Tensor, in_place: bool) -> None:
+    """module.<attr> += delta (float32 math, stored in the parameter's dtype). in_place=False puts
+    a new tensor in place of the parameter instead of writing into it (tensors shared with other
+    models stay as they are)."""
+    param = getattr(module, attr)
+    value = (param.float() + delta.to(param.device).reshape(param.shape)).to(param.dtype)
+    if in_place:
+        param.copy_(value)
+    else:
+        setattr(module, attr, nn.Parameter(value, requires_grad=param.requires_grad))

@@ -144,7 +144,7 @@ def comfy_model(cfg, sd, device, dtype, attention: str):
     importlib.import_module("comfy.model_management")
     ops = importlib.import_module("comfy.ops")
     wan = importlib.import_module("comfy.ldm.wan.model")
-    model = wan.WanModel(model_type="i2v" if cfg.model_type == "i2v" else "t2v",
+    model = wan.WanModel(model_type="i2v" if cfg.has_image_branch else "t2v",
                          patch_size=cfg.patch_size, in_dim=cfg.in_dim, out_dim=cfg.out_dim,
                          dim=cfg.dim, ffn_dim=cfg.ffn_dim, freq_dim=cfg.freq_dim,
                          text_dim=cfg.text_dim, num_heads=cfg.num_heads, num_layers=cfg.num_layers,
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{torch.get_num_threads()} threads | {flops / 1e12:.3f} TFLOP per forward")
 
     ours = load_dit(dict(sd), device=device, dtype=dtype, attention=args.attention,
-                    weight_dtype=args.weight_dtype)
+                    weight_dtype=args.weight_dtype, num_heads=cfg.num_heads)
     runners = {"ours": lambda: ours(x, t, context, clip)}
     if args.comfy:
         theirs = comfy_model(cfg, sd, device, dtype, args.comfy_attention)
