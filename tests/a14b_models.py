@@ -1,16 +1,14 @@
 """Tiny stand-ins for the Wan2.2 A14B files the shipped workflows name (random weights), for the
 node, parity and ComfyUI-server tests. Not a test module (no test_ prefix).
 
-MERGE POINT: until the model-files work lands, the experts are written as plain safetensors and
-the 4-step LoRAs in the layout `core.train.lora.save_lora` writes. Swap `write_expert` for
-ComfyUI's fp8_scaled layout and `write_distill_lora` for the Lightning/LightX2V layout here, and
-every test that places these files follows.
+The experts are written in ComfyUI's fp8_scaled layouts (I2V in the newer `weight_scale` /
+`comfy_quant` one, T2V in the older `scaled_fp8` / `scale_weight` one, so both are exercised), the
+4-step LoRAs in the Lightning (I2V) and LightX2V (T2V) layouts; every test that places these
+files follows.
 """
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
 
 # The file names of ComfyUI's Wan2.2 14B templates.
 I2V_HIGH = "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors"
@@ -31,39 +29,28 @@ LORA_FILES = {I2V_LORA_HIGH: ("i2v", 21), I2V_LORA_LOW: ("i2v", 22),
 def a14b_config(kind: str, **overrides):
     """A tiny config shaped like a Wan2.2 A14B expert: T2V in_dim 16; I2V in_dim 36 and no CLIP
     image branch."""
-    from core.dit.config import PRESETS, get_preset
+    from core.dit.config import get_preset
 
-    preset = f"tiny-{kind}-a14b"
-    if preset in PRESETS:
-        return get_preset(preset, **overrides)
-    if kind == "i2v":  # before A14B detection existed: the same tensors, labelled t2v 36/16
-        return get_preset("tiny-t2v", **{"in_dim": 36, **overrides})
-    return get_preset("tiny-t2v", **overrides)
+    return get_preset("tiny-i2v-a14b" if kind == "i2v" else "tiny-t2v", **overrides)
 
 
 def write_expert(path: Path, kind: str, seed: int) -> None:
-    """A tiny random expert under a real file name (MERGE POINT: fp8_scaled layout)."""
-    from safetensors.torch import save_file
-
-    from core.dit.random_weights import random_state_dict
+    """A tiny random expert under a real file name, in one of ComfyUI's fp8_scaled layouts."""
+    from core.dit.random_weights import write_random_dit
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(random_state_dict(a14b_config(kind), seed=seed), str(path))
+    write_random_dit(a14b_config(kind), path, seed=seed, fp8_scaled="new" if kind == "i2v" else "old")
 
 
 def write_distill_lora(path: Path, kind: str, seed: int) -> None:
-    """A tiny rank-4 LoRA for an expert with non-zero up weights (MERGE POINT: Lightning layout)."""
-    from core.dit.model import WanDiT
-    from core.train.lora import LoRAConfig, add_lora, lora_layers, save_lora
+    """A tiny rank-4 distill LoRA for an expert (Lightning layout for I2V, LightX2V for T2V)."""
+    from safetensors.torch import save_file
+
+    from core.dit.random_weights import random_distill_lora
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    dit = WanDiT(a14b_config(kind))
-    add_lora(dit, LoRAConfig(rank=4), generator=torch.Generator().manual_seed(seed))
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for layer in lora_layers(dit).values():
-            layer.lora_up.weight.copy_(0.2 * torch.randn(layer.lora_up.weight.shape, generator=g))
-    save_lora(dit, path)
+    layout = "lightning" if kind == "i2v" else "lightx2v"
+    save_file(random_distill_lora(a14b_config(kind), rank=4, seed=seed, layout=layout), str(path))
 
 
 def write_a14b_files(models: Path) -> None:

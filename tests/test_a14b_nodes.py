@@ -18,6 +18,7 @@ def a14b_i2v_config():
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
     from core.dit.config import get_preset
+    from core.dit.config import dit_metadata
     from core.dit.random_weights import random_state_dict
     from core.vae.config import preset as vae_preset
     from core.vae.model import random_state_dict as vae_weights
@@ -29,7 +30,8 @@ def models_dir(tmp_path_factory):
              "i2v_high": (a14b_i2v_config(), 3), "i2v_low": (a14b_i2v_config(), 4),
              "wide_t2v": (get_preset("tiny-t2v", dim=96, num_heads=3), 5)}
     for name, (cfg, seed) in files.items():
-        save_file(random_state_dict(cfg, seed=seed), str(root / "diffusion_models" / f"{name}.safetensors"))
+        save_file(random_state_dict(cfg, seed=seed), str(root / "diffusion_models" / f"{name}.safetensors"),
+                  metadata=dit_metadata(cfg))
     save_file(vae_weights(vae_preset("test-2.1"), seed=2), str(root / "vae" / "vae2.1.safetensors"))
     return root
 

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 
 import core.train.checkpointing as checkpointing
 from core.dit import WanDiT, get_preset, load_dit
+from core.dit.config import dit_metadata
 from core.dit.random_weights import random_state_dict as dit_weights
 from core.train import DataConfig, TrainConfig, cache_latents, train
 from core.train.checkpointing import (CheckpointWriteError, latest_checkpoint, read_checkpoint,
@@ -34,10 +35,6 @@ from core.vae.model import random_state_dict as vae_weights
 torch.set_num_threads(1)
 
 TINY_DIT = get_preset("tiny-t2v", text_dim=32, num_layers=2)
-
-
-def _xfail(owner: str, why: str):
-    return pytest.mark.xfail(strict=True, reason=f"needs a fix in {owner}: {why}")
 
 
 # ------------------------------------------------------------------------------ checkpoints
@@ -53,7 +50,7 @@ class _Payload:
 
 
 def _good_dit(path: Path) -> Path:
-    save_file(dit_weights(TINY_DIT, seed=0), str(path))
+    save_file(dit_weights(TINY_DIT, seed=0), str(path), metadata=dit_metadata(TINY_DIT))
     return path
 
 
@@ -97,7 +94,7 @@ def _one_wrong_shape(tmp):
     sd = dit_weights(TINY_DIT, seed=0)
     sd["blocks.1.ffn.2.weight"] = torch.zeros(64, 100)
     path = tmp / "wrong_shape.safetensors"
-    save_file(sd, str(path))
+    save_file(sd, str(path), metadata=dit_metadata(TINY_DIT))
     return path
 
 
@@ -105,7 +102,7 @@ def _nan_dit(tmp):
     sd = dit_weights(TINY_DIT, seed=0)
     sd["blocks.0.self_attn.q.weight"][0, 0] = float("nan")
     path = tmp / "nan.safetensors"
-    save_file(sd, str(path))
+    save_file(sd, str(path), metadata=dit_metadata(TINY_DIT))
     return path
 
 
@@ -126,9 +123,7 @@ CHECKPOINT_CASES = [
     pytest.param(_foreign_keys, load_vae, "not a Wan VAE checkpoint", id="foreign-keys-vae"),
     pytest.param(_vae_as_dit, load_dit, "not a Wan DiT", id="vae-loaded-as-dit"),
     pytest.param(_one_wrong_shape, load_dit, "blocks.1.ffn.2.weight", id="one-wrong-shape"),
-    pytest.param(_nan_dit, load_dit, "blocks.0.self_attn.q.weight", id="nan-weights-dit",
-                 marks=_xfail("core/dit/loader.py", "NaN weights load silently; refuse them at "
-                                                   "load naming the tensor")),
+    pytest.param(_nan_dit, load_dit, "blocks.0.self_attn.q.weight", id="nan-weights-dit"),
 ]
 
 
@@ -446,7 +441,8 @@ def _sample_with_cancel(cancel):
 
 def test_the_sampler_nodes_interrupt_reaches_inside_the_forward(pack, models_dir, monkeypatch):
     save_file(dit_weights(get_preset("tiny-t2v"), seed=0),
-              str(models_dir / "diffusion_models" / "t.safetensors"))
+              str(models_dir / "diffusion_models" / "t.safetensors"),
+              metadata=dit_metadata(get_preset("tiny-t2v")))
     (model,) = pack.NODE_CLASS_MAPPINGS["FlowDiTLoader"]().load("t.safetensors")
     blocks_run = []
     for block in model.module.blocks:

@@ -10,7 +10,7 @@ from types import MappingProxyType
 
 import torch
 
-from ..checkpoint import read_metadata, read_state_dict, strip_prefix, summarize_keys
+from ..checkpoint import find_non_finite, read_metadata, read_state_dict, strip_prefix, summarize_keys
 from .config import MARKER_KEY, DiTConfig, detect_config, dit_metadata, num_heads_from_metadata
 from .model import WanDiT
 from .scaled_fp8 import (WEIGHT_SCALE, dequantize, install_scaled_layers, is_scaled_fp8,
@@ -108,6 +108,10 @@ def load_dit(path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor],
         lines = [ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln]
         raise ValueError(f"the checkpoint's tensor shapes do not fit the detected {config}: "
                          f"{'; '.join(lines[:3]) or err}") from err
+    bad = find_non_finite(model.state_dict())
+    if bad is not None:
+        raise ValueError(f"the DiT weight {bad!r} holds NaN or infinite values; the file is "
+                         f"damaged — download it again")
     if fp8_matmul:
         set_fp8_matmul(model, True)
     return model.eval()

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import torch
 
-from ..checkpoint import read_state_dict, strip_prefix, summarize_keys
+from ..checkpoint import find_non_finite, read_state_dict, strip_prefix, summarize_keys
 from .config import MARKER_KEY, VAEConfig, detect_config
 from .model import WanVAEModel
 from .vae import WanVAE
@@ -37,7 +37,7 @@ def build_vae(config: VAEConfig, state_dict: Mapping[str, torch.Tensor],
     with torch.device("meta"):
         model = WanVAEModel(config)
     weights = {k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}
-    bad = next((k for k, v in weights.items() if not bool(torch.isfinite(v).all())), None)
+    bad = find_non_finite(weights)
     if bad is not None:
         raise ValueError(f"the VAE weight {bad!r} holds NaN or infinite values (after conversion "
                          f"to {dtype}); the file is damaged — download it again")
