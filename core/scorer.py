@@ -11,7 +11,7 @@
     4. Direction: the object's centroid in each frame; least-squares slopes of x(t) and y(t); the
        axis with the larger |slope| and its sign give left/right/up/down (image y points down).
     5. Per frame (`frames_of`, in `ClipScore.frames`): the object's coverage alpha (each pixel's
-       position between the background colour and the object colour), its largest connected
+       distance from the background colour relative to the object colour's), its largest connected
        region at alpha >= 0.5, and that region's bounding box. Shape: the intersection over union
        of the region with the ideal circle (inscribed ellipse), square (the box) and upward
        triangle (apex at the top middle, base at the bottom) of that box; the best of the three.
@@ -26,7 +26,7 @@ clip exactly as the captions describe it.
 """
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -177,27 +177,29 @@ def score_clip(frames: np.ndarray) -> ClipScore:
 
 
 def _largest_region(mask: np.ndarray) -> np.ndarray:
-    """The largest 8-connected region of a boolean [H, W] mask (all False if the mask is)."""
+    """The largest 8-connected region of a boolean [H, W] mask (all False if the mask is empty):
+    every pixel takes the largest label in its 3x3 neighbourhood until nothing changes."""
+    if not mask.any():
+        return np.zeros_like(mask)
+    rows, cols = np.nonzero(mask)
+    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    out = np.zeros_like(mask)
+    out[r0:r1, c0:c1] = _largest_in(mask[r0:r1, c0:c1])
+    return out
+
+
+def _largest_in(mask: np.ndarray) -> np.ndarray:
     h, w = mask.shape
-    label = np.zeros((h, w), dtype=np.int32)
-    best, best_size, current = 0, 0, 0
-    for y0, x0 in zip(*np.nonzero(mask)):
-        if label[y0, x0]:
-            continue
-        current += 1
-        label[y0, x0] = current
-        queue, size = deque([(y0, x0)]), 0
-        while queue:
-            y, x = queue.popleft()
-            size += 1
-            for ny in (y - 1, y, y + 1):
-                for nx in (x - 1, x, x + 1):
-                    if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not label[ny, nx]:
-                        label[ny, nx] = current
-                        queue.append((ny, nx))
-        if size > best_size:
-            best, best_size = current, size
-    return label == best if best else np.zeros_like(mask)
+    label = np.where(mask, np.arange(1, h * w + 1).reshape(h, w), 0)
+    while True:
+        p = np.pad(label, 1)
+        spread = np.max([p[i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=0)
+        spread = np.where(mask, spread, 0)
+        if np.array_equal(spread, label):
+            break
+        label = spread
+    counts = np.bincount(label[mask])
+    return label == int(np.argmax(counts))
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
@@ -265,10 +267,15 @@ def _read_frame(x: np.ndarray, alpha: np.ndarray) -> tuple[FrameScore, np.ndarra
            - inside(soft[top:bottom, right - 1]))
     near = _dilate(region, 1)
     a = np.where(near, soft, 0.0)
+    # Only a window around the box can differ from zero in either map.
+    r0, r1, c0, c1 = max(top - 2, 0), min(bottom + 2, h), max(left - 2, 0), min(right + 2, w)
+    window = a[r0:r1, c0:c1]
+    shifted = (box[0] - r0, box[1] - r0, box[2] - c0, box[3] - c0)
     iou = {}
     for name in SHAPES:
-        ideal = ideal_shape(name, h, w, box)
-        iou[name] = float(np.minimum(a, ideal).sum() / max(np.maximum(a, ideal).sum(), 1e-6))
+        ideal = ideal_shape(name, r1 - r0, c1 - c0, shifted)
+        iou[name] = float(np.minimum(window, ideal).sum()
+                          / max(np.maximum(window, ideal).sum(), 1e-6))
     solid = region & (alpha >= COLOUR_ALPHA)
     colour = _nearest(x[solid if solid.any() else region].mean(axis=0), COLOURS)
     return FrameScore(True, max(iou, key=iou.get), iou, fill, float(a.sum()), colour,
@@ -278,8 +285,11 @@ def _read_frame(x: np.ndarray, alpha: np.ndarray) -> tuple[FrameScore, np.ndarra
 def _frame_reads(x: np.ndarray, bg_rgb: np.ndarray, object_rgb: np.ndarray
                  ) -> tuple[tuple[FrameScore, ...], float, float]:
     """Per-frame reads, the area change and the background spread of frames [T, H, W, 3]."""
-    span = object_rgb - bg_rgb
-    alpha = ((x - bg_rgb) @ span) / max(float(span @ span), 1e-6)       # [T, H, W] coverage
+    # Coverage: distance from the background relative to the object's (an anti-aliased edge
+    # pixel bg + a (c - bg) reads a); a distance, not a projection, so that a frame whose object
+    # changed hue still shows its object (and then reads the other colour).
+    span = float(np.sqrt(((object_rgb - bg_rgb) ** 2).sum()))
+    alpha = np.sqrt(((x - bg_rgb) ** 2).sum(axis=-1)) / max(span, 1e-6)  # [T, H, W]
     reads, background = [], []
     for t in range(x.shape[0]):
         read, region = _read_frame(x[t], alpha[t])
