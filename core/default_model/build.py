@@ -188,7 +188,8 @@ def stage_vae(work: Work, cfg: BuildConfig) -> dict:
 
     train(work["vae_run"], VAETrainConfig(minutes=1e9, steps=cfg.vae_steps, lr=cfg.vae_lr,
                                           batch=cfg.vae_batch, crop=cfg.vae_crop, seed=cfg.seed,
-                                          every_s=cfg.checkpoint_seconds),
+                                          every_s=cfg.checkpoint_seconds,
+                                          heldout_clips=cfg.tune_heldout[1]),
           resume=True, vae_config=cfg.vae)
     return export(work["vae_run"] / "last.pt", work["vae"], check_clips=2, do_fold=True,
                   vae_config=cfg.vae, stat_clips=cfg.stat_clips)

@@ -49,6 +49,7 @@ class VAETrainConfig:
                                     # KL weight this small, sampling only slows early training
     steps: int | None = None     # a step budget instead of `minutes` (deterministic schedule:
                                  # the learning rate decays over steps, the run stops there)
+    heldout_clips: int = 6       # held-out clips scored at each checkpoint
 
     def __post_init__(self) -> None:
         if self.window < 1 or (self.window - 1) % 4:
@@ -219,7 +220,7 @@ def train(out: Path, cfg: VAETrainConfig, resume: bool, init: Path | None = None
         done = finished()
         if time.time() - last_ckpt > cfg.every_s or done:
             model.eval()
-            video_psnr, first_psnr = heldout_psnr(model)
+            video_psnr, first_psnr = heldout_psnr(model, cfg.heldout_clips)
             model.train()
             _save(last, {"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                          "elapsed": time.time() - t0})
