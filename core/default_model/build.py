@@ -62,10 +62,11 @@ class BuildConfig:
     """Everything that determines the built model (the seed included)."""
     seed: int = 0
     vae: VAEConfig = BUILD_VAE
-    vae_steps: int = 12_000          # end-to-end VAE steps (batch of whole 17-frame clips)
-    vae_batch: int = 2
-    vae_crop: int = 32               # square crop around the object (multiple of 8; 64 = whole)
-    vae_lr: float = 5e-4
+    vae_steps: int = 10_000          # end-to-end VAE steps on whole 17-frame clips
+    vae_batch: int = 1
+    vae_crop: int = 64               # whole frames: the shipped VAE, trained on 32x32 crops,
+                                     # decodes whole later frames with blotches and blobs
+    vae_lr: float = 4e-4
     stat_clips: int = 32             # clips for the latent statistics folded into the VAE
     latent_clips: int = 2000         # training clips encoded for the DiT
     dit: DiTConfig = BUILD_DIT
