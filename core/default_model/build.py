@@ -6,8 +6,8 @@
 Stages, in order (each writes `<work>/state/<stage>.json` when done and is skipped after that):
 
     data      check that the procedural data is what this build expects (checksums of clips)
-    vae       train the VAE end to end on whole 17-frame clips (crops around the object),
-              then fold the latent statistics into it -> vae_encoder.safetensors
+    vae       train the VAE end to end on 17-frame clips (crops around the object, then whole
+              frames), then fold the latent statistics into it -> vae_encoder.safetensors
     latents   encode the training clips once (in `--workers` processes) -> latents.pt
     dit       DiT + text encoder through the pack's training loop (core.train)
     decoder   tune the decoder, encoder frozen: single frames (the TI2V first frame), then only
@@ -62,11 +62,13 @@ class BuildConfig:
     """Everything that determines the built model (the seed included)."""
     seed: int = 0
     vae: VAEConfig = BUILD_VAE
-    vae_steps: int = 10_000          # end-to-end VAE steps on whole 17-frame clips
-    vae_batch: int = 1
-    vae_crop: int = 64               # whole frames: the shipped VAE, trained on 32x32 crops,
-                                     # decodes whole later frames with blotches and blobs
-    vae_lr: float = 4e-4
+    vae_steps: int = 6000            # end-to-end VAE steps on 17-frame clips, 32x32 crops around
+    vae_batch: int = 2               # the object (4x cheaper than whole frames)...
+    vae_crop: int = 32
+    vae_lr: float = 5e-4
+    vae_whole_steps: int = 2000      # ...then on whole 64x64 clips: the shipped VAE, trained on
+    vae_whole_batch: int = 1         # crops only, decodes whole later frames with blotches and
+    vae_whole_lr: float = 2e-4       # blobs (held-out round trip: shape right in 36%)
     stat_clips: int = 32             # clips for the latent statistics folded into the VAE
     latent_clips: int = 2000         # training clips encoded for the DiT
     dit: DiTConfig = BUILD_DIT
@@ -95,7 +97,7 @@ class BuildConfig:
 # Seconds-sized: the whole pipeline in a test.
 TOY = BuildConfig(
     vae=VAEConfig(dim=4, dec_dim=4, z_dim=8, dim_mult=(1, 2, 4, 4), num_res_blocks=1),
-    vae_steps=2, vae_batch=1, stat_clips=2, latent_clips=4,
+    vae_steps=2, vae_batch=1, vae_whole_steps=1, stat_clips=2, latent_clips=4,
     dit=DiTConfig("t2v", in_dim=8, out_dim=8, dim=128, ffn_dim=128, text_dim=32, num_heads=1,
                   num_layers=1),
     text=TextEncoderConfig(vocab_size=SHAPES_TEXT.vocab_size, dim=32, num_layers=1, num_heads=1,
@@ -115,7 +117,8 @@ class Work:
         r = self.root
         self.files = {
             "config": r / "config.json", "timings": r / "timings.jsonl", "data": r / "data.json",
-            "vae_run": r / "vae", "vae": r / "vae_encoder.safetensors",
+            "vae_run": r / "vae", "vae_crops": r / "vae_crops.safetensors",
+            "vae_whole_run": r / "vae_whole", "vae": r / "vae_encoder.safetensors",
             "latents": r / "latents.pt", "dit_run": r / "dit",
             "decoder1": r / "decoder_images", "decoder1_out": r / "decoder_images.safetensors",
             "decoder2": r / "decoder_video", "decoder2_out": r / "decoder_video.safetensors",
@@ -187,12 +190,19 @@ def stage_vae(work: Work, cfg: BuildConfig) -> dict:
     from .export_vae import export
     from .train_vae import VAETrainConfig, train
 
-    train(work["vae_run"], VAETrainConfig(minutes=1e9, steps=cfg.vae_steps, lr=cfg.vae_lr,
-                                          batch=cfg.vae_batch, crop=cfg.vae_crop, seed=cfg.seed,
-                                          every_s=cfg.checkpoint_seconds,
-                                          heldout_clips=cfg.tune_heldout[1]),
+    common = dict(minutes=1e9, seed=cfg.seed, every_s=cfg.checkpoint_seconds,
+                  heldout_clips=cfg.tune_heldout[1])
+    train(work["vae_run"], VAETrainConfig(steps=cfg.vae_steps, lr=cfg.vae_lr, batch=cfg.vae_batch,
+                                          crop=cfg.vae_crop, **common),
           resume=True, vae_config=cfg.vae)
-    return export(work["vae_run"] / "last.pt", work["vae"], check_clips=2, do_fold=True,
+    if not work["vae_crops"].is_file():
+        export(work["vae_run"] / "last.pt", work["vae_crops"], check_clips=2, do_fold=False,
+               vae_config=cfg.vae)
+    train(work["vae_whole_run"],
+          VAETrainConfig(steps=cfg.vae_whole_steps, lr=cfg.vae_whole_lr, batch=cfg.vae_whole_batch,
+                         crop=64, **common),
+          resume=True, init=work["vae_crops"], vae_config=cfg.vae)
+    return export(work["vae_whole_run"] / "last.pt", work["vae"], check_clips=2, do_fold=True,
                   vae_config=cfg.vae, stat_clips=cfg.stat_clips)
 
 
