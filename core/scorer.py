@@ -50,7 +50,7 @@ class FrameScore:
     found: bool
     shape: str | None = None           # the ideal shape with the largest IoU
     iou: dict[str, float] = field(default_factory=dict)  # IoU with each ideal shape of the box
-    fill: float = 0.0                  # region pixels / box pixels (square ~1, circle ~0.79, triangle ~0.5)
+    fill: float = 0.0                  # region / box pixels: square ~1, circle ~0.79, triangle ~0.5
     area: float = 0.0                  # soft area: sum of coverage around the region, pixels
     colour: str | None = None          # nearest palette colour of the region's mean colour
     box: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, bottom, left, right (exclusive ends)
@@ -240,8 +240,8 @@ def _read_frame(x: np.ndarray, alpha: np.ndarray) -> tuple[FrameScore, np.ndarra
     """One frame [H, W, 3] (0..255) and its object coverage [H, W] -> (read, object region).
 
     Each side of the region's whole-pixel box moves out by the coverage of the line just outside
-    it and in by the coverage its own edge line lacks (anti-aliased edges: a sub-pixel box), and the IoU compares the soft coverage around the region with
-    the ideal shape's coverage of that sub-pixel box."""
+    it and in by the coverage its own edge line lacks (anti-aliased edges: a sub-pixel box); the
+    IoU compares the soft coverage around the region with the ideal shape's coverage of that box."""
     h, w = alpha.shape
     region = _largest_region(alpha >= SHAPE_ALPHA)
     if region.sum() < MIN_OBJECT_PIXELS:

@@ -215,7 +215,8 @@ def stage_latents(work: Work, cfg: BuildConfig, workers: int, argv_base: list[st
         cache_latents(work["vae"], cfg.latent_clips, parts[0], shard=(0, 1))
     else:
         procs = [_spawn(argv_base + ["--stage", "latents", "--shard", str(k)],
-                        work.root / f"latents_shard{k}.log") for k in range(n) if not parts[k].exists()]
+                        work.root / f"latents_shard{k}.log")
+                 for k in range(n) if not parts[k].exists()]
         _wait(procs)
     merge_shards(parts, work["latents"])
     return {"clips": cfg.latent_clips, "shards": n}
