@@ -284,3 +284,20 @@ def test_build_rejects_unknown_stages_and_missing_inputs(tmp_path, capsys):
         main(["--work", str(tmp_path / "y"), "--stage", "nonsense"])
     with pytest.raises(ValueError, match="needs"):
         build(tmp_path / "z", TOY, stages=("export",), workers=1)
+
+
+def test_evaluation_scores_rendered_clips_as_meeting_every_bar():
+    from core.default_model.evaluate import heldout_cases, score
+    from core.synthetic.shapes import random_spec, render
+
+    cases = heldout_cases(seeds=1)[::7]                      # 6 cases, all three shapes
+    assert {c.shape for c in cases} == set(SHAPES)
+    clips = []
+    for c in cases:                                          # the clip Case.first_frame opens
+        rng = np.random.default_rng([c.seed, 7])
+        clips.append(render(random_spec(rng, c.colour, c.shape, c.direction, c.background)))
+    result = score(cases, clips, ti2v=True)
+    for key in ("adherence", "background", "shape", "area_steady", "colour_steady", "flat",
+                "first_frame", "first_frame_psnr_ok"):
+        assert result[key] == 1.0, key
+    assert result["shape_iou"] >= 0.9

@@ -1,7 +1,8 @@
 """Score the default model on held-out prompts with the model-independent scorer.
 
     python -m core.default_model.evaluate                 # default settings: T2V + TI2V table
-    python -m core.default_model.evaluate --sweep         # + steps vs adherence for each solver
+    python -m core.default_model.evaluate --sweep --sweep-seeds 2 --sweep-modes T2V,TI2V
+                                                          # + every solver at 4, 10, 20 steps
 
 Held-out prompts are every (colour, shape, direction) triple of `synthetic.shapes.HELD_OUT` on
 every background (42 prompts), each with `--seeds` noise seeds. A clip is "adherent" when the
@@ -138,7 +139,8 @@ def settings_label(solver: str, steps: int, cfg: float = bundle.DEFAULT_CFG) -> 
 
 
 def evaluate(model: bundle.DefaultModel, settings: list[tuple[str, str, int]], seeds: int = 2,
-             split: str = "heldout", log=print, limit: int | None = None) -> list[dict]:
+             split: str = "heldout", log=print, limit: int | None = None,
+             cfg: float = bundle.DEFAULT_CFG) -> list[dict]:
     """Generate and score every (mode 'T2V'|'TI2V', solver, steps) on the held-out cases (the
     first `limit` of them if given); returns one dict per setting (with 'mode', 'solver',
     'steps', 'seconds' and the scores)."""
@@ -146,11 +148,12 @@ def evaluate(model: bundle.DefaultModel, settings: list[tuple[str, str, int]], s
     rows = []
     for mode, solver, steps in settings:
         t0 = time.time()
-        clips = generate_batch(model, cases, steps=steps, solver=solver, ti2v=mode == "TI2V")
+        clips = generate_batch(model, cases, steps=steps, solver=solver, ti2v=mode == "TI2V",
+                               cfg=cfg)
         r = {"mode": mode, "solver": solver, "steps": steps, **score(cases, clips, mode == "TI2V"),
              "seconds": time.time() - t0}
         rows.append(r)
-        log(table_row(mode, settings_label(solver, steps), r))
+        log(table_row(mode, settings_label(solver, steps, cfg), r))
     return rows
 
 
@@ -177,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only-sweep", action="store_true", help="skip the default-settings table")
     parser.add_argument("--sweep-seeds", type=int, default=1)
     parser.add_argument("--sweep-steps", default="4,10,20")
+    parser.add_argument("--sweep-modes", default="T2V", help="T2V, TI2V or T2V,TI2V")
     parser.add_argument("--cfg", type=float, default=bundle.DEFAULT_CFG)
     parser.add_argument("--split", default="heldout", choices=("heldout", "train"))
     parser.add_argument("--threads", type=int, default=1)
@@ -200,17 +204,15 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         print(f"  ({time.time() - t0:.0f}s)", flush=True)
     if args.sweep or args.only_sweep:
-        sweep_cases = heldout_cases(args.sweep_seeds, args.split)
         steps_list = [int(s) for s in args.sweep_steps.split(",")]
-        print(f"\nT2V colour+direction adherence, {len(sweep_cases)} held-out prompts x seeds:\n")
-        print("| solver | " + " | ".join(f"{s} steps" for s in steps_list) + " |")
-        print("|---|" + "---|" * len(steps_list))
-        for solver in ("euler", "heun", "dpmpp_2m", "unipc"):
-            cells = []
-            for steps in steps_list:
-                clips = generate_batch(model, sweep_cases, steps=steps, solver=solver, cfg=args.cfg)
-                cells.append(f"{score(sweep_cases, clips)['adherence']:.0%}")
-            print(f"| {solver} | " + " | ".join(cells) + " |", flush=True)
+        modes = [m.strip().upper() for m in args.sweep_modes.split(",")]
+        print(f"\nSweep: {len(heldout_cases(args.sweep_seeds, args.split))} cases per row\n")
+        print(TABLE_HEADER, flush=True)
+        evaluate(model, [(mode, solver, steps) for mode in modes
+                         for solver in ("euler", "heun", "dpmpp_2m", "unipc")
+                         for steps in steps_list],
+                 seeds=args.sweep_seeds, split=args.split, cfg=args.cfg,
+                 log=lambda row: print(row, flush=True))
     return 0
 
 
