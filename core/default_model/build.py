@@ -202,8 +202,20 @@ def stage_vae(work: Work, cfg: BuildConfig) -> dict:
           VAETrainConfig(steps=cfg.vae_whole_steps, lr=cfg.vae_whole_lr, batch=cfg.vae_whole_batch,
                          crop=64, **common),
           resume=True, init=work["vae_crops"], vae_config=cfg.vae)
-    return export(work["vae_whole_run"] / "last.pt", work["vae"], check_clips=2, do_fold=True,
-                  vae_config=cfg.vae, stat_clips=cfg.stat_clips)
+    numbers = export(work["vae_whole_run"] / "last.pt", work["vae"], check_clips=2,
+                     do_fold=True, vae_config=cfg.vae, stat_clips=cfg.stat_clips)
+    return {**numbers, "round_trip": _vae_round_trip(work["vae"], cfg)}
+
+
+def _vae_round_trip(path: Path, cfg: BuildConfig) -> dict:
+    """Issue 11 scores of the VAE's round trip of the held-out clips (the best the decoder can
+    draw), logged as a table row."""
+    from ..vae.loader import load_vae
+    from .evaluate import heldout_cases, table_row, vae_round_trip
+
+    result = vae_round_trip(load_vae(path), heldout_cases(cfg.eval_seeds)[:cfg.eval_limit])
+    _log(table_row("VAE", f"round trip ({result['video_psnr']:.1f} dB)", result))
+    return result
 
 
 def stage_latents(work: Work, cfg: BuildConfig, workers: int, argv_base: list[str]) -> dict:
@@ -297,9 +309,11 @@ def stage_evaluate(work: Work, cfg: BuildConfig) -> dict:
 
     model = load_built(work, cfg)
     lines = [ev.TABLE_HEADER]
+    trip = _vae_round_trip(work.exported()[1], cfg)
+    lines.append(ev.table_row("VAE", f"round trip ({trip['video_psnr']:.1f} dB)", trip))
     rows = ev.evaluate(model, list(cfg.eval_settings), seeds=cfg.eval_seeds,
                        limit=cfg.eval_limit, log=lambda row: (lines.append(row), _log(row)))
-    _write_json(work["eval_json"], rows)
+    _write_json(work["eval_json"], rows + [{"mode": "VAE round trip", **trip}])
     tmp = work["eval_md"].with_name("eval.md.tmp")
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, work["eval_md"])

@@ -42,11 +42,14 @@ class Case:
     def prompt(self) -> str:
         return caption_for(self.colour, self.shape, self.direction, self.background)
 
-    def first_frame(self) -> np.ndarray:
-        """uint8 [H, W, 3]: frame 0 of a procedural clip of this prompt (TI2V input)."""
+    def clip(self) -> np.ndarray:
+        """uint8 [T, H, W, 3]: a procedural clip of this prompt (deterministic from the seed)."""
         rng = np.random.default_rng([self.seed, 7])
-        spec = random_spec(rng, self.colour, self.shape, self.direction, self.background)
-        return render(spec)[0]
+        return render(random_spec(rng, self.colour, self.shape, self.direction, self.background))
+
+    def first_frame(self) -> np.ndarray:
+        """uint8 [H, W, 3]: frame 0 of `clip` (the TI2V input)."""
+        return self.clip()[0]
 
 
 def heldout_cases(seeds: int = 2, split: str = "heldout") -> list[Case]:
@@ -155,6 +158,22 @@ def evaluate(model: bundle.DefaultModel, settings: list[tuple[str, str, int]], s
         rows.append(r)
         log(table_row(mode, settings_label(solver, steps, cfg), r))
     return rows
+
+
+@torch.no_grad()
+def vae_round_trip(vae, cases: list[Case], batch: int = 16) -> dict[str, float]:
+    """Scores of `decode(encode(clip))` of the cases' rendered clips (what the decoder can draw
+    at best), with the mean video PSNR; `vae` is a loaded `core.vae.vae.WanVAE`."""
+    clips = [c.clip() for c in cases]
+    out: list[np.ndarray] = []
+    for start in range(0, len(clips), batch):
+        x = torch.from_numpy(np.stack(clips[start:start + batch])).float() / 127.5 - 1.0
+        y = vae.decode(vae.encode(x.permute(0, 4, 1, 2, 3)))                 # [b, 3, T, H, W]
+        out += list(((y.permute(0, 2, 3, 4, 1) + 1.0) * 127.5).round().clamp(0, 255).byte()
+                    .numpy())
+    result = score(cases, out)
+    result["video_psnr"] = float(np.mean([psnr(a, b) for a, b in zip(out, clips)]))
+    return result
 
 
 def _write_cases(path: str, cases: list[Case], clips: list[np.ndarray]) -> None:
