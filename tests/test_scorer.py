@@ -30,7 +30,7 @@ def test_scorer_reads_procedural_clips(kind):
     rng = np.random.default_rng(0)
     right, total = 0, 0
     for split in ("train", "heldout"):
-        for seed in range(40):
+        for seed in range(25):
             clip = make_clip(seed, split)
             spec = clip.spec
             read = score_clip(_perturb(clip.frames, kind, rng))
@@ -74,3 +74,81 @@ def test_psnr():
     assert psnr(a, b) == float("inf")
     b[0, 0, 0] = 255
     assert psnr(a, b) == pytest.approx(10 * np.log10(255.0 ** 2 / (255.0 ** 2 / 192)))
+
+
+# ----- shape, steadiness, background flatness ---------------------------------------------------
+
+def _ground_truth(n: int = 15) -> list:
+    return [make_clip(seed, split) for split in ("train", "heldout") for seed in range(n)]
+
+
+def test_ideal_shapes_fill_their_box_as_the_formulas_say():
+    from core.scorer import ideal_shape
+
+    # Area of the inscribed ellipse / box = pi/4, triangle with base and height of the box = 1/2.
+    for shape, expected in (("square", 1.0), ("circle", np.pi / 4), ("triangle", 0.5)):
+        assert ideal_shape(shape, 64, 64).mean() == pytest.approx(expected, abs=0.005), shape
+    with pytest.raises(ValueError, match="unknown shape"):
+        ideal_shape("hexagon", 8, 8)
+
+
+def test_scorer_reads_shape_and_steadiness_of_ground_truth():
+    clips = _ground_truth()
+    assert {c.spec.shape for c in clips} == {"circle", "square", "triangle"}
+    ious = []
+    for clip in clips:
+        spec = clip.spec
+        read = score_clip(clip.frames)
+        assert read.shape == spec.shape, (spec, read.shape)
+        assert read.shape_frames(spec.shape) == 1.0                   # every frame, frame 0 too
+        assert read.frames[0].shape == spec.shape and read.frames[0].iou[spec.shape] >= 0.85
+        assert read.colour_steady(spec.colour)
+        assert read.area_change <= 0.05                                # anti-aliased: ~constant
+        assert read.background_std <= 1.0                               # rendered flat
+        fill = np.mean([f.fill for f in read.frames])
+        assert fill == pytest.approx({"square": 1.0, "circle": np.pi / 4,
+                                      "triangle": 0.5}[spec.shape], abs=0.08)
+        ious.append(read.shape_iou(spec.shape))
+    assert np.mean(ious) >= 0.95 and min(ious) >= 0.85
+
+
+@pytest.mark.parametrize("kind", ["noise", "blur"])
+def test_scorer_reads_shape_of_mildly_degraded_clips(kind):
+    rng = np.random.default_rng(1)
+    for clip in _ground_truth(8):
+        frames = clip.frames
+        if kind == "noise":
+            frames = np.clip(frames + rng.normal(0.0, 8.0, frames.shape), 0, 255).astype(np.uint8)
+        else:
+            frames = np.clip(_blur(frames, radius=1), 0, 255).astype(np.uint8)
+        assert score_clip(frames).shape == clip.spec.shape, (kind, clip.spec)
+
+
+def test_soft_blob_scores_lower_iou_than_the_crisp_square():
+    clip = next(c for c in (make_clip(s) for s in range(50)) if c.spec.shape == "square")
+    crisp = score_clip(clip.frames).shape_iou("square")
+    blob = score_clip(np.clip(_blur(clip.frames, radius=3), 0, 255).astype(np.uint8))
+    assert blob.shape_iou("square") < crisp - 0.1
+
+
+def test_scorer_catches_colour_drift_area_change_and_blotches():
+    from dataclasses import replace
+
+    from core.synthetic.shapes import COLOURS, render
+
+    clip = make_clip(3)
+    spec = clip.spec
+    other = next(c for c in COLOURS if c != spec.colour)
+    drift = np.concatenate([clip.frames[:12], render(replace(spec, colour=other))[12:]])
+    read = score_clip(drift)
+    assert not read.colour_steady(spec.colour) and read.frames[-1].colour == other
+
+    grow = np.concatenate([clip.frames[:8], render(replace(spec, size=spec.size * 1.3))[8:]])
+    assert score_clip(grow).area_change > 0.3                       # area x 1.69
+
+    blotchy = clip.frames.astype(np.float32)
+    # A patch of +30 on ~15% of the background: std ~ 30 sqrt(0.15 * 0.85) ~ 11 on 0..255.
+    assert spec.centre(0)[0] - spec.size > 24                       # the object stays right of it
+    blotchy[:, 40:64, 0:24] += 30.0
+    read = score_clip(np.clip(blotchy, 0, 255).astype(np.uint8))
+    assert read.background_std > 6.0 and read.shape == spec.shape

@@ -24,6 +24,7 @@ import torch
 from einops import rearrange
 
 from ..synthetic.shapes import make_clip, to_tensor
+from ..vae.config import VAEConfig
 from ..vae.model import WanVAEModel
 from .bundle import VAE_PATH
 from .train_vae import SHAPES_VAE
@@ -56,14 +57,15 @@ def fold(model: WanVAEModel, mean: torch.Tensor, std: torch.Tensor) -> None:
     w2 *= std.view(1, z, 1, 1, 1)
 
 
-def export(ckpt: Path, out: Path, check_clips: int = 4, do_fold: bool = True) -> dict[str, float]:
+def export(ckpt: Path, out: Path, check_clips: int = 4, do_fold: bool = True,
+           vae_config: VAEConfig = SHAPES_VAE, stat_clips: int = 32) -> dict[str, float]:
     """Load a training checkpoint (or official-key .safetensors), fold, check, save. Returns
     numbers for the model card."""
     from ..train.checkpointing import save_tensors
     from ..vae.loader import load_vae
     from .train_vae import psnr
 
-    model = WanVAEModel(SHAPES_VAE)
+    model = WanVAEModel(vae_config)
     if ckpt.suffix == ".safetensors":
         from safetensors.torch import load_file
         model.load_state_dict(load_file(str(ckpt)))
@@ -77,7 +79,7 @@ def export(ckpt: Path, out: Path, check_clips: int = 4, do_fold: bool = True) ->
     with torch.no_grad():
         before = model.decode_stream(model.encode_stream(x))
     if do_fold:
-        mean, std = latent_stats(model)
+        mean, std = latent_stats(model, stat_clips)
         fold(model, mean, std)
     with torch.no_grad():
         z = model.encode_stream(x)

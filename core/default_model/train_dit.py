@@ -22,13 +22,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..dit.config import dit_metadata
+from ..dit.config import DiTConfig, dit_metadata
 from ..dit.model import WanDiT
 from ..synthetic.shapes import make_clip, to_tensor
-from ..text.encoder import TextEncoder, save_text_encoder
+from ..text.encoder import TextEncoder, TextEncoderConfig, save_text_encoder
 from ..train import TrainConfig, flow_matching_loss, train
 from ..train.checkpointing import latest_checkpoint, read_checkpoint, save_tensors
 from .bundle import DIT_PATH, SHAPES_DIT, SHAPES_TEXT, TEXT_PATH, VOCABULARY
+from .train_vae import _save
 
 CFG_DROPOUT = 0.1        # probability that a caption is replaced by the empty one
 FIRST_FRAME_PROB = 0.5   # probability that latent frame 0 stays clean (TI2V training)
@@ -37,10 +38,11 @@ FIRST_FRAME_PROB = 0.5   # probability that latent frame 0 stays clean (TI2V tra
 class ShapesModel(nn.Module):
     """The trainable pair: `dit` (WanDiT) and `text` (TextEncoder)."""
 
-    def __init__(self) -> None:
+    def __init__(self, dit_config: DiTConfig = SHAPES_DIT,
+                 text_config: TextEncoderConfig = SHAPES_TEXT) -> None:
         super().__init__()
-        self.dit = WanDiT(SHAPES_DIT)
-        self.text = TextEncoder(SHAPES_TEXT, VOCABULARY)
+        self.dit = WanDiT(dit_config)
+        self.text = TextEncoder(text_config, VOCABULARY)
 
 
 class LatentCaptions(torch.utils.data.Dataset):
@@ -91,10 +93,10 @@ def cache_latents(vae_path: Path, clips: int, out: Path, batch: int = 16,
         x = torch.stack([to_tensor(c.frames) for c in group])              # [b, 3, T, H, W]
         done.append(vae.encode(x).float())                                 # [b, z, F, h, w]
         captions += [c.caption for c in group]
-        torch.save({"latents": torch.cat(done), "captions": captions}, partial)
+        _save(partial, {"latents": torch.cat(done), "captions": captions})
         print(f"encoded {len(captions)}/{len(seeds)} clips ({time.time() - t0:.0f}s)", flush=True)
     latents = torch.cat(done)
-    torch.save({"latents": latents, "captions": captions}, out)
+    _save(out, {"latents": latents, "captions": captions})
     partial.unlink(missing_ok=True)
     print(f"latents {tuple(latents.shape)}: mean {latents.mean():.3f} std {latents.std():.3f}")
     return out
@@ -103,26 +105,40 @@ def cache_latents(vae_path: Path, clips: int, out: Path, batch: int = 16,
 def merge_shards(parts: list[Path], out: Path) -> Path:
     """Concatenate shard caches (any order of seeds is fine for training)."""
     states = [torch.load(p, weights_only=True) for p in parts]
-    torch.save({"latents": torch.cat([s["latents"] for s in states]),
-                "captions": [c for s in states for c in s["captions"]]}, out)
+    _save(out, {"latents": torch.cat([s["latents"] for s in states]),
+                "captions": [c for s in states for c in s["captions"]]})
     return out
 
 
+def train_shapes(latents: Path, config: TrainConfig, dit_config: DiTConfig = SHAPES_DIT,
+                 text_config: TextEncoderConfig = SHAPES_TEXT, resume: bool = True):
+    """Train ShapesModel on cached latents with the pack's loop (checkpoints in
+    config.output_dir/checkpoints; `resume` continues from the newest)."""
+    data = torch.load(latents, weights_only=True)
+    torch.manual_seed(config.seed)                   # the initial weights
+    model = ShapesModel(dit_config, text_config)
+    tokens = model.text.tokenizer.encode(list(data["captions"]))
+    dataset = LatentCaptions(data["latents"], tokens)
+    return train(model, shapes_loss, dataset, config, resume=resume)
+
+
 def export(run_dir: Path, dit_path: Path = DIT_PATH, text_path: Path = TEXT_PATH,
-           use_ema: bool = True) -> None:
-    """The newest checkpoint's (EMA) weights -> the shipped DiT and text encoder files."""
+           use_ema: bool = True, dit_config: DiTConfig = SHAPES_DIT,
+           text_config: TextEncoderConfig = SHAPES_TEXT) -> None:
+    """The newest checkpoint's (EMA) weights -> the shipped DiT and text encoder files. The DiT
+    file records its head count in the metadata (`num_heads`): no key stores it."""
     ckpt = latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None:
         raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'}")
     weights, ema, state = read_checkpoint(ckpt)
     chosen = ema if (use_ema and ema is not None) else weights
-    model = ShapesModel()
+    model = ShapesModel(dit_config, text_config)
     model.load_state_dict({**model.state_dict(), **chosen})
     dit_sd = {k: v for k, v in model.dit.state_dict().items()}
     dit_path.parent.mkdir(parents=True, exist_ok=True)
     text_path.parent.mkdir(parents=True, exist_ok=True)
     save_tensors(dit_sd, dit_path, metadata={"flowdit": "default model DiT",
-                                             "step": str(state["step"]), **dit_metadata(SHAPES_DIT)})
+                                             "step": str(state["step"]), **dit_metadata(dit_config)})
     save_text_encoder(model.text, text_path)
     print(f"exported step {state['step']} ({'EMA' if chosen is ema else 'raw'}) to {dit_path} "
           f"and {text_path}")
@@ -163,16 +179,12 @@ def main(argv: list[str] | None = None) -> int:
         merge_shards(parts, cache)
     elif not cache.exists():
         cache_latents(Path(args.vae), args.clips, cache)
-    data = torch.load(cache, weights_only=True)
-    model = ShapesModel()
-    tokens = model.text.tokenizer.encode(list(data["captions"]))
-    dataset = LatentCaptions(data["latents"], tokens)
     config = TrainConfig(steps=args.steps, batch_size=args.batch, lr=args.lr, warmup_steps=50,
                          weight_decay=0.01, grad_clip=1.0, ema_decay=0.995,
                          checkpoint_every=args.checkpoint_every, log_every=10, seed=0,
                          mixed_precision="no", device="cpu", output_dir=str(run_dir),
                          progress=False)
-    result = train(model, shapes_loss, dataset, config, resume=args.resume)
+    result = train_shapes(cache, config, resume=args.resume)
     print(f"done: step {result.step}, loss {result.loss:.4f}, {result.seconds:.0f}s", flush=True)
     export(run_dir)
     return 0

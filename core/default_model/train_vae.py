@@ -47,6 +47,9 @@ class VAETrainConfig:
     seed: int = 0                # data and init seed
     sample_posterior: bool = False  # decode mean + std * noise (True) or the mean (False): with a
                                     # KL weight this small, sampling only slows early training
+    steps: int | None = None     # a step budget instead of `minutes` (deterministic schedule:
+                                 # the learning rate decays over steps, the run stops there)
+    heldout_clips: int = 6       # held-out clips scored at each checkpoint
 
     def __post_init__(self) -> None:
         if self.window < 1 or (self.window - 1) % 4:
@@ -55,6 +58,8 @@ class VAETrainConfig:
             raise ValueError(f"crop must be a multiple of 8 in 8..64, got {self.crop}")
         if self.minutes <= 0 or self.lr <= 0 or self.batch < 1:
             raise ValueError(f"minutes, lr and batch must be positive: {self}")
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be positive, got {self.steps}")
 
 
 # Initial weight scale relative to 1/sqrt(fan_in). The causal convolutions see zeros in 2 of their
@@ -161,13 +166,13 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
 
 
 def train(out: Path, cfg: VAETrainConfig, resume: bool, init: Path | None = None,
-          decoder_only: bool = False) -> None:
+          decoder_only: bool = False, vae_config: VAEConfig = SHAPES_VAE) -> None:
     """Train from scratch, or from `init` (official-key .safetensors); `decoder_only` freezes the
     encoder and `conv1` (their latents are what the DiT was trained on) and tunes the rest."""
     from safetensors.torch import load_file
 
     out.mkdir(parents=True, exist_ok=True)
-    model = WanVAEModel(SHAPES_VAE)
+    model = WanVAEModel(vae_config)
     if init:
         model.load_state_dict(load_file(str(init)))
     else:
@@ -182,12 +187,16 @@ def train(out: Path, cfg: VAETrainConfig, resume: bool, init: Path | None = None
     if resume and last.exists():
         step, elapsed = load_checkpoint(last, model, opt)
     budget = cfg.minutes * 60
+
+    def finished() -> bool:
+        return step >= cfg.steps if cfg.steps is not None else time.time() - t0 >= budget
+
     log = open(out / "log.csv", "a")
-    gen = torch.Generator().manual_seed(cfg.seed + step)
     t0, last_ckpt = time.time() - elapsed, time.time()
     model.train()
-    while time.time() - t0 < budget:
-        frac = (time.time() - t0) / budget
+    while not finished():
+        frac = step / cfg.steps if cfg.steps is not None else (time.time() - t0) / budget
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)   # pure function of step
         lr = cosine_lr(cfg.lr, cfg.warmup, step, frac)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -208,10 +217,10 @@ def train(out: Path, cfg: VAETrainConfig, resume: bool, init: Path | None = None
               f"mse {mse.item():.5f} psnr {p:.2f} kl {kl.item():.3f} gnorm {gnorm:.2f}", flush=True)
         log.write(f"{step},{time.time() - t0:.1f},{l1.item():.5f},{mse.item():.6f},{kl.item():.4f}\n")
         log.flush()
-        done = time.time() - t0 >= budget
+        done = finished()
         if time.time() - last_ckpt > cfg.every_s or done:
             model.eval()
-            video_psnr, first_psnr = heldout_psnr(model)
+            video_psnr, first_psnr = heldout_psnr(model, cfg.heldout_clips)
             model.train()
             _save(last, {"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                          "elapsed": time.time() - t0})

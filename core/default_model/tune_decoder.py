@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from ..synthetic.shapes import make_clip, render, spec_for_seed
+from ..vae.config import VAEConfig
 from ..vae.layers import CausalConv3d
 from ..vae.model import WanVAEModel
 from .bundle import VAE_PATH
@@ -62,6 +63,8 @@ class TuneConfig:
     every_s: float = 300.0
     keep_first_frame: bool = False  # train only weights the first frame does not depend on
     max_steps: int | None = None  # stop here even if time is left (tests)
+    steps: int | None = None    # a step budget instead of `minutes` (deterministic schedule)
+    seed: int = 0               # batch sampling seed
     heldout_images: int = 48    # held-out single frames scored at each checkpoint
     heldout_clips: int = 6      # held-out whole clips scored at each checkpoint
 
@@ -172,11 +175,11 @@ def first_frame_free(model: WanVAEModel, latents: torch.Tensor) -> dict[str, tor
 
 
 def tune(out: Path, init: Path, cfg: TuneConfig, resume: bool = False, n_clips: int = 400,
-         images_per_clip: int = 8) -> None:
+         images_per_clip: int = 8, vae_config: VAEConfig = SHAPES_VAE) -> None:
     from safetensors.torch import load_file
 
     out.mkdir(parents=True, exist_ok=True)
-    model = WanVAEModel(SHAPES_VAE)
+    model = WanVAEModel(vae_config)
     model.load_state_dict(load_file(str(init)))
     model.eval()
     cache_path = out / f"cache_{n_clips}x{images_per_clip}.pt"
@@ -208,12 +211,15 @@ def tune(out: Path, init: Path, cfg: TuneConfig, resume: bool = False, n_clips: 
         step, elapsed = load_checkpoint(last, model, opt, ema)
     else:
         print("start", heldout_scores(model, cfg.heldout_images, cfg.heldout_clips), flush=True)
-    g = torch.Generator().manual_seed(step)
     budget = cfg.minutes * 60
     t0, last_ckpt = time.time() - elapsed, time.time()
+    if cfg.steps is not None and step >= cfg.steps:
+        return
     model.train()
     while True:
-        frac = min(1.0, (time.time() - t0) / budget)
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)     # pure function of step
+        frac = (step / cfg.steps if cfg.steps is not None
+                else min(1.0, (time.time() - t0) / budget))
         lr = cosine_lr(cfg.lr, cfg.warmup, step, frac)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -241,7 +247,8 @@ def tune(out: Path, init: Path, cfg: TuneConfig, resume: bool = False, n_clips: 
             p_vid = 10 * math.log10(4.0 / d_vid.pow(2).mean().item()) if cfg.clips else math.nan
             print(f"step {step} t {now:.0f}s lr {lr:.2e} image psnr {p_img:.2f} "
                   f"video-crop psnr {p_vid:.2f} gnorm {gnorm:.2f}", flush=True)
-        done = now >= budget or (cfg.max_steps is not None and step >= cfg.max_steps)
+        done = ((now >= budget if cfg.steps is None else step >= cfg.steps)
+                or (cfg.max_steps is not None and step >= cfg.max_steps))
         if done or time.time() - last_ckpt > cfg.every_s:
             _save(last, {"model": model.state_dict(), "ema": ema.state_dict(),
                          "opt": opt.state_dict(), "step": step, "elapsed": now})

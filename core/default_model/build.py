@@ -1,0 +1,443 @@
+"""Build the default model from nothing with one resumable command.
+
+    python -m core.default_model.build --work runs/default_model [--resume] [--stage S[,S]]
+        [--seed 0] [--workers 2] [--toy]
+
+Stages, in order (each writes `<work>/state/<stage>.json` when done and is skipped after that):
+
+    data      check that the procedural data is what this build expects (checksums of clips)
+    vae       train the VAE end to end on 17-frame clips (crops around the object, then whole
+              frames), then fold the latent statistics into it -> vae_encoder.safetensors
+    latents   encode the training clips once (in `--workers` processes) -> latents.pt
+    dit       DiT + text encoder through the pack's training loop (core.train)
+    decoder   tune the decoder, encoder frozen: single frames (the TI2V first frame), then only
+              the weights the first frame never reaches (later frames); runs in a second process
+              beside `dit` when --workers >= 2 (the latents do not change)
+    export    the three shipped files -> <work>/export/{diffusion_models,vae,text_encoders}/
+    evaluate  held-out scores (core.scorer, issue 11's bars) -> eval.json, eval.md
+
+Everything is a pure function of the seed and the configuration (step budgets, per-step random
+generators); checkpoints are written atomically every few minutes, so a killed run continues with
+`--resume` where it stopped. `<work>/config.json` records the configuration; resuming with other
+options is refused. `<work>/timings.jsonl` records the wall time of every stage run. Nothing is
+copied into core/default_model: install the exported files by hand once their scores beat the
+shipped model's (see MODEL_CARD.md).
+
+Reuses the stage code of `train_vae`, `export_vae`, `tune_decoder`, `train_dit` and `evaluate`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..dit.config import DiTConfig
+from ..text.encoder import TextEncoderConfig
+from ..vae.config import VAEConfig
+from .bundle import SHAPES_TEXT
+
+STAGES = ("data", "vae", "latents", "dit", "decoder", "export", "evaluate")
+NEEDS = {"data": (), "vae": ("data",), "latents": ("vae",), "dit": ("latents",),
+         "decoder": ("vae",), "export": ("dit", "decoder"), "evaluate": ("export",)}
+
+# The DiT of this recipe: Wan layout, 2 heads of 128 (num_heads = dim / 128, as every Wan DiT),
+# 3 blocks; 3.4 M parameters (13 MB in fp32), so that with the VAE (9.7 MB) and the text encoder
+# the three files stay under 25 MB.
+BUILD_DIT = DiTConfig("t2v", in_dim=8, out_dim=8, dim=256, ffn_dim=768, text_dim=64, num_heads=2,
+                      num_layers=3)
+BUILD_VAE = VAEConfig(dim=16, dec_dim=16, z_dim=8, dim_mult=(1, 2, 4, 4), num_res_blocks=1)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything that determines the built model (the seed included)."""
+    seed: int = 0
+    vae: VAEConfig = BUILD_VAE
+    vae_steps: int = 6000            # end-to-end VAE steps on 17-frame clips, 32x32 crops around
+    vae_batch: int = 2               # the object (4x cheaper than whole frames)...
+    vae_crop: int = 32
+    vae_lr: float = 5e-4
+    vae_whole_steps: int = 2000      # ...then on whole 64x64 clips: the shipped VAE, trained on
+    vae_whole_batch: int = 1         # crops only, decodes whole later frames with blotches and
+    vae_whole_lr: float = 2e-4       # blobs (held-out round trip: shape right in 36%)
+    stat_clips: int = 32             # clips for the latent statistics folded into the VAE
+    latent_clips: int = 2000         # training clips encoded for the DiT
+    dit: DiTConfig = BUILD_DIT
+    text: TextEncoderConfig = SHAPES_TEXT
+    dit_steps: int = 20_000
+    dit_batch: int = 32
+    dit_lr: float = 6e-4
+    dit_warmup: int = 200
+    dit_ema: float = 0.999
+    dit_checkpoint_every: int = 250
+    tune_clips: int = 400            # cached clips (and 8 frames of each) for the decoder tuning
+    tune_image_steps: int = 3000     # phase 1: whole single frames (TI2V first frame)
+    tune_video_steps: int = 1500     # phase 2: later frames only (the first frame is kept)
+    tune_heldout: tuple[int, int] = (48, 6)   # held-out images and clips scored per checkpoint
+    eval_seeds: int = 2              # held-out prompts x this many seeds (42 prompts per seed)
+    eval_limit: int | None = None    # score only the first cases (toy builds)
+    eval_settings: tuple[tuple[str, str, int], ...] = (
+        ("T2V", "unipc", 20), ("TI2V", "unipc", 20), ("T2V", "euler", 10), ("T2V", "euler", 20),
+        ("T2V", "dpmpp_2m", 10), ("T2V", "dpmpp_2m", 20), ("T2V", "unipc", 10))
+    checkpoint_seconds: float = 300.0
+
+    def to_json(self) -> dict:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+# Seconds-sized: the whole pipeline in a test.
+TOY = BuildConfig(
+    vae=VAEConfig(dim=4, dec_dim=4, z_dim=8, dim_mult=(1, 2, 4, 4), num_res_blocks=1),
+    vae_steps=2, vae_batch=1, vae_whole_steps=1, stat_clips=2, latent_clips=4,
+    dit=DiTConfig("t2v", in_dim=8, out_dim=8, dim=128, ffn_dim=128, text_dim=32, num_heads=1,
+                  num_layers=1),
+    text=TextEncoderConfig(vocab_size=SHAPES_TEXT.vocab_size, dim=32, num_layers=1, num_heads=1,
+                           max_len=16),
+    dit_steps=2, dit_batch=2, dit_warmup=1, dit_checkpoint_every=1, tune_clips=2,
+    tune_image_steps=2, tune_video_steps=2, tune_heldout=(1, 1), eval_seeds=1, eval_limit=2,
+    eval_settings=(("T2V", "euler", 2), ("TI2V", "euler", 2)))
+
+
+@dataclass
+class Work:
+    """Paths inside the work folder."""
+    root: Path
+    files: dict[str, Path] = field(init=False)
+
+    def __post_init__(self) -> None:
+        r = self.root
+        self.files = {
+            "config": r / "config.json", "timings": r / "timings.jsonl", "data": r / "data.json",
+            "vae_run": r / "vae", "vae_crops": r / "vae_crops.safetensors",
+            "vae_whole_run": r / "vae_whole", "vae": r / "vae_encoder.safetensors",
+            "latents": r / "latents.pt", "dit_run": r / "dit",
+            "decoder1": r / "decoder_images", "decoder1_out": r / "decoder_images.safetensors",
+            "decoder2": r / "decoder_video", "decoder2_out": r / "decoder_video.safetensors",
+            "export": r / "export", "eval_json": r / "eval.json", "eval_md": r / "eval.md",
+        }
+
+    def __getitem__(self, key: str) -> Path:
+        return self.files[key]
+
+    def exported(self) -> tuple[Path, Path, Path]:
+        """(DiT, VAE, text encoder) paths of the exported model."""
+        from .bundle import DIT_PATH, TEXT_PATH, VAE_PATH
+
+        e = self["export"]
+        return (e / "diffusion_models" / DIT_PATH.name, e / "vae" / VAE_PATH.name,
+                e / "text_encoders" / TEXT_PATH.name)
+
+    def done_marker(self, stage: str) -> Path:
+        return self.root / "state" / f"{stage}.json"
+
+    def is_done(self, stage: str) -> bool:
+        return self.done_marker(stage).is_file()
+
+
+def _write_json(path: Path, value: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)                  # atomic: a killed run never leaves half a file
+
+
+def _log(msg: str) -> None:
+    print(f"[build {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ----- stages ------------------------------------------------------------------------------------
+
+def stage_data(work: Work, cfg: BuildConfig) -> dict:
+    """Checksums of a few clips of each split: a changed generator would silently change the data
+    a resumed build trains on, so it is checked on every run (see `check_data`)."""
+    from ..synthetic.shapes import combinations, make_clip
+
+    digest = {}
+    for split in ("train", "heldout"):
+        h = hashlib.sha256()
+        for seed in range(8):
+            clip = make_clip(seed, split)
+            h.update(clip.caption.encode())
+            h.update(clip.frames.tobytes())
+        digest[split] = h.hexdigest()
+    info = {"checksums": digest, "train_combinations": len(combinations("train")),
+            "heldout_combinations": len(combinations("heldout"))}
+    _write_json(work["data"], info)
+    return info
+
+
+def check_data(work: Work, cfg: BuildConfig) -> None:
+    if not work["data"].is_file():
+        return
+    recorded = json.loads(work["data"].read_text())
+    now = stage_data(Work(work.root / "state" / "check"), cfg)
+    if recorded["checksums"] != now["checksums"]:
+        raise RuntimeError(f"the procedural data differs from the one this build started with "
+                           f"({work['data']}); core/synthetic/shapes.py changed. Start a new "
+                           f"work folder, or restore the generator")
+
+
+def stage_vae(work: Work, cfg: BuildConfig) -> dict:
+    from .export_vae import export
+    from .train_vae import VAETrainConfig, train
+
+    common = dict(minutes=1e9, seed=cfg.seed, every_s=cfg.checkpoint_seconds,
+                  heldout_clips=cfg.tune_heldout[1])
+    train(work["vae_run"], VAETrainConfig(steps=cfg.vae_steps, lr=cfg.vae_lr, batch=cfg.vae_batch,
+                                          crop=cfg.vae_crop, **common),
+          resume=True, vae_config=cfg.vae)
+    if not work["vae_crops"].is_file():
+        export(work["vae_run"] / "last.pt", work["vae_crops"], check_clips=2, do_fold=False,
+               vae_config=cfg.vae)
+    train(work["vae_whole_run"],
+          VAETrainConfig(steps=cfg.vae_whole_steps, lr=cfg.vae_whole_lr, batch=cfg.vae_whole_batch,
+                         crop=64, **common),
+          resume=True, init=work["vae_crops"], vae_config=cfg.vae)
+    numbers = export(work["vae_whole_run"] / "last.pt", work["vae"], check_clips=2,
+                     do_fold=True, vae_config=cfg.vae, stat_clips=cfg.stat_clips)
+    return {**numbers, "round_trip": _vae_round_trip(work["vae"], cfg)}
+
+
+def _vae_round_trip(path: Path, cfg: BuildConfig) -> dict:
+    """Issue 11 scores of the VAE's round trip of the held-out clips (the best the decoder can
+    draw), logged as a table row."""
+    from ..vae.loader import load_vae
+    from .evaluate import heldout_cases, table_row, vae_round_trip
+
+    result = vae_round_trip(load_vae(path), heldout_cases(cfg.eval_seeds)[:cfg.eval_limit])
+    _log(table_row("VAE", f"round trip ({result['video_psnr']:.1f} dB)", result))
+    return result
+
+
+def stage_latents(work: Work, cfg: BuildConfig, workers: int, argv_base: list[str]) -> dict:
+    from .train_dit import cache_latents, merge_shards
+
+    n = max(1, workers)
+    parts = [work.root / f"latents_shard{k}of{n}.pt" for k in range(n)]
+    if n == 1:
+        cache_latents(work["vae"], cfg.latent_clips, parts[0], shard=(0, 1))
+    else:
+        procs = [_spawn(argv_base + ["--stage", "latents", "--shard", str(k)],
+                        work.root / f"latents_shard{k}.log")
+                 for k in range(n) if not parts[k].exists()]
+        _wait(procs)
+    merge_shards(parts, work["latents"])
+    return {"clips": cfg.latent_clips, "shards": n}
+
+
+def run_latent_shard(work: Work, cfg: BuildConfig, shard: int, workers: int) -> None:
+    from .train_dit import cache_latents
+
+    cache_latents(work["vae"], cfg.latent_clips,
+                  work.root / f"latents_shard{shard}of{workers}.pt", shard=(shard, workers))
+
+
+def stage_dit(work: Work, cfg: BuildConfig) -> dict:
+    from ..train import TrainConfig
+    from .train_dit import train_shapes
+
+    config = TrainConfig(steps=cfg.dit_steps, batch_size=cfg.dit_batch, lr=cfg.dit_lr,
+                         warmup_steps=cfg.dit_warmup, lr_schedule="cosine", weight_decay=0.01,
+                         grad_clip=1.0, ema_decay=cfg.dit_ema,
+                         checkpoint_every=cfg.dit_checkpoint_every, log_every=10, seed=cfg.seed,
+                         mixed_precision="no", device="cpu", output_dir=str(work["dit_run"]),
+                         progress=False)
+    result = train_shapes(work["latents"], config, cfg.dit, cfg.text, resume=True)
+    return {"step": result.step, "loss": result.loss}
+
+
+def stage_decoder(work: Work, cfg: BuildConfig) -> dict:
+    from .export_vae import export
+    from .tune_decoder import TuneConfig, tune
+
+    images, clips = cfg.tune_heldout
+    common = dict(minutes=1e9, heldout_images=images, heldout_clips=clips, seed=cfg.seed,
+                  every_s=cfg.checkpoint_seconds)
+    tune(work["decoder1"], work["vae"], TuneConfig(steps=cfg.tune_image_steps, clips=0, **common),
+         resume=True, n_clips=cfg.tune_clips, vae_config=cfg.vae)
+    first = export(work["decoder1"] / "last.pt", work["decoder1_out"], check_clips=2,
+                   do_fold=False, vae_config=cfg.vae)
+    tune(work["decoder2"], work["decoder1_out"],
+         TuneConfig(steps=cfg.tune_video_steps, images=0, clips=2, latent_frames=5, lr=2e-4,
+                    keep_first_frame=True, **common),
+         resume=True, n_clips=cfg.tune_clips, vae_config=cfg.vae)
+    second = export(work["decoder2"] / "last.pt", work["decoder2_out"], check_clips=2,
+                    do_fold=False, vae_config=cfg.vae)
+    return {"images_phase": first, "video_phase": second}
+
+
+def stage_export(work: Work, cfg: BuildConfig) -> dict:
+    import shutil
+
+    from .train_dit import export
+
+    dit_path, vae_path, text_path = work.exported()
+    export(work["dit_run"], dit_path, text_path, dit_config=cfg.dit, text_config=cfg.text)
+    vae_path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(work["decoder2_out"], vae_path.with_name(vae_path.name + ".tmp"))
+    os.replace(vae_path.with_name(vae_path.name + ".tmp"), vae_path)
+    sizes = {p.name: p.stat().st_size for p in (dit_path, vae_path, text_path)}
+    return {"bytes": sizes, "total_mb": sum(sizes.values()) / 2**20}
+
+
+def load_built(work: Work, cfg: BuildConfig):
+    """The exported model, loaded through the generic loaders (the DiT's head count from the
+    build configuration, which its file also records in the metadata)."""
+    from ..checkpoint import read_state_dict
+    from ..dit.model import WanDiT
+    from ..text.encoder import load_text_encoder
+    from ..vae.loader import load_vae
+    from .bundle import DefaultModel
+
+    dit_path, vae_path, text_path = work.exported()
+    dit = WanDiT(cfg.dit)
+    dit.load_state_dict(read_state_dict(dit_path))
+    return DefaultModel(dit=dit.eval(), vae=load_vae(vae_path), text=load_text_encoder(text_path))
+
+
+def stage_evaluate(work: Work, cfg: BuildConfig) -> dict:
+    from . import evaluate as ev
+
+    model = load_built(work, cfg)
+    lines = [ev.TABLE_HEADER]
+    trip = _vae_round_trip(work.exported()[1], cfg)
+    lines.append(ev.table_row("VAE", f"round trip ({trip['video_psnr']:.1f} dB)", trip))
+    rows = ev.evaluate(model, list(cfg.eval_settings), seeds=cfg.eval_seeds,
+                       limit=cfg.eval_limit, log=lambda row: (lines.append(row), _log(row)))
+    _write_json(work["eval_json"], rows + [{"mode": "VAE round trip", **trip}])
+    tmp = work["eval_md"].with_name("eval.md.tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, work["eval_md"])
+    return {"settings": len(rows)}
+
+
+# ----- orchestration -----------------------------------------------------------------------------
+
+def _spawn(args: list[str], log: Path) -> subprocess.Popen:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        return subprocess.Popen([sys.executable, "-m", "core.default_model.build", *args],
+                                stdout=f, stderr=subprocess.STDOUT,
+                                cwd=str(Path(__file__).resolve().parents[2]))
+
+
+def _wait(procs: list[subprocess.Popen]) -> None:
+    failed = [p.args for p in procs if p.wait() != 0]
+    if failed:
+        raise RuntimeError(f"a worker process failed (see its log in the work folder): {failed}")
+
+
+def _run_stage(work: Work, cfg: BuildConfig, stage: str, workers: int,
+               argv_base: list[str]) -> None:
+    if work.is_done(stage):
+        _log(f"{stage}: done already, skipped")
+        return
+    _log(f"{stage}: start")
+    t0 = time.time()
+    if stage == "data":
+        info = stage_data(work, cfg)
+    elif stage == "vae":
+        info = stage_vae(work, cfg)
+    elif stage == "latents":
+        info = stage_latents(work, cfg, workers, argv_base)
+    elif stage == "dit":
+        info = stage_dit(work, cfg)
+    elif stage == "decoder":
+        info = stage_decoder(work, cfg)
+    elif stage == "export":
+        info = stage_export(work, cfg)
+    else:
+        info = stage_evaluate(work, cfg)
+    seconds = time.time() - t0
+    with open(work["timings"], "a") as f:
+        f.write(json.dumps({"stage": stage, "seconds": round(seconds, 1), "completed": True,
+                            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                + "\n")
+    _write_json(work.done_marker(stage), {"seconds": seconds, "info": info})
+    _log(f"{stage}: done in {seconds / 60:.1f} min")
+
+
+def build(work_dir: Path, cfg: BuildConfig, *, resume: bool = False,
+          stages: tuple[str, ...] = STAGES, workers: int = 2, toy: bool = False) -> Work:
+    """Run `stages` (in STAGES order; each needs the ones before it done)."""
+    work = Work(Path(work_dir))
+    recorded = work["config"]
+    if recorded.is_file():
+        if not resume:
+            raise ValueError(f"{work.root} already holds a build; pass --resume to continue it, "
+                             f"or choose another --work folder")
+        # Options added to BuildConfig after a build started are not in its record; every option
+        # the record has must match.
+        before, now = json.loads(recorded.read_text()), cfg.to_json()
+        changed = sorted(k for k in before if k in now and before[k] != now[k])
+        if changed:
+            raise ValueError(f"{work.root} was started with another configuration "
+                             f"({', '.join(changed)} differ; see {recorded}); resume with the "
+                             f"same options (--seed, --toy), or use another --work folder")
+    else:
+        _write_json(recorded, cfg.to_json())
+    check_data(work, cfg)
+    argv_base = ["--work", str(work.root), "--resume", "--seed", str(cfg.seed),
+                 "--workers", str(workers)] + (["--toy"] if toy else [])
+    order = [s for s in STAGES if s in stages]
+    for stage in order:
+        missing = [s for s in NEEDS[stage] if not work.is_done(s) and s not in order]
+        if missing:
+            raise ValueError(f"stage {stage} needs {', '.join(missing)} first")
+    helper = None
+    for stage in order:
+        if stage == "dit" and "decoder" in order and workers >= 2 and not work.is_done("decoder"):
+            # The decoder tuning keeps the encoder (the DiT's latent space): run it beside the DiT.
+            helper = _spawn(argv_base + ["--stage", "decoder"], work.root / "decoder.log")
+            _log(f"decoder: started in process {helper.pid} (log {work.root / 'decoder.log'})")
+        if stage == "decoder" and helper is not None:
+            _wait([helper])
+            helper = None
+            _log("decoder: helper process finished")
+            continue
+        _run_stage(work, cfg, stage, workers, argv_base)
+    return work
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", required=True, help="work folder, e.g. runs/default_model")
+    parser.add_argument("--resume", action="store_true", help="continue a build in --work")
+    parser.add_argument("--stage", default=",".join(STAGES),
+                        help=f"comma-separated stages to run (of {', '.join(STAGES)})")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2,
+                        help="processes for parallel stages (latents, decoder beside dit)")
+    parser.add_argument("--toy", action="store_true", help="seconds-sized models (tests)")
+    parser.add_argument("--shard", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    stages = tuple(s.strip() for s in args.stage.split(",") if s.strip())
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        parser.error(f"unknown stage(s) {', '.join(unknown)}; use {', '.join(STAGES)}")
+    # One thread per process: on the shared 2-core machine a second OpenMP thread mostly waits.
+    torch.set_num_threads(1)
+    cfg = dataclasses.replace(TOY if args.toy else BuildConfig(), seed=args.seed)
+    try:
+        if args.shard is not None:
+            run_latent_shard(Work(Path(args.work)), cfg, args.shard, args.workers)
+            return 0
+        build(Path(args.work), cfg, resume=args.resume, stages=stages, workers=args.workers,
+              toy=args.toy)
+    except (ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
