@@ -25,6 +25,15 @@ def import_pack():
     return module
 
 
+def use_models_dir(pack, root: Path, monkeypatch) -> None:
+    """Run the pack's nodes on the plain-torch host with their model files under `root/<folder>/`
+    (FLOWDIT_MODELS_DIR), also when an earlier test of the session imported the pack with ComfyUI
+    in the process (COMFYUI_PATH runs): the tests that use this are about the nodes themselves,
+    and the ones about ComfyUI's host set it up explicitly."""
+    monkeypatch.setenv("FLOWDIT_MODELS_DIR", str(root))
+    monkeypatch.setattr(pack.nodes.host, "HAVE_COMFY", False)
+
+
 @pytest.fixture(scope="session")
 def pack():
     return import_pack()

@@ -4,6 +4,7 @@ mistakes a user can make. With COMFYUI_PATH, the same memory-manager check insid
 import pytest
 import torch
 from safetensors.torch import save_file
+from conftest import use_models_dir
 
 
 def a14b_i2v_config():
@@ -38,7 +39,7 @@ def models_dir(tmp_path_factory):
 
 @pytest.fixture()
 def nodes(pack, models_dir, monkeypatch, tmp_path):
-    monkeypatch.setenv("FLOWDIT_MODELS_DIR", str(models_dir))
+    use_models_dir(pack, models_dir, monkeypatch)
     return {name: cls() for name, cls in pack.NODE_CLASS_MAPPINGS.items()}
 
 

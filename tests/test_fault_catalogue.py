@@ -31,6 +31,7 @@ from core.train.checkpointing import (CheckpointWriteError, latest_checkpoint, r
 from core.vae import PRESETS as VAE_PRESETS
 from core.vae import build_vae, load_vae
 from core.vae.model import random_state_dict as vae_weights
+from conftest import use_models_dir
 
 torch.set_num_threads(1)
 
@@ -183,11 +184,11 @@ BAD_NAMES = ["../../etc/passwd", "/etc/passwd", "..\\..\\secret.safetensors",
 
 
 @pytest.fixture()
-def models_dir(tmp_path, monkeypatch):
+def models_dir(pack, tmp_path, monkeypatch):
     root = tmp_path / "models"
     for folder in ("diffusion_models", "vae", "loras", "text_encoders"):
         (root / folder).mkdir(parents=True)
-    monkeypatch.setenv("FLOWDIT_MODELS_DIR", str(root))
+    use_models_dir(pack, root, monkeypatch)
     monkeypatch.setenv("FLOWDIT_OUTPUT_DIR", str(tmp_path / "output"))
     monkeypatch.setenv("FLOWDIT_INPUT_DIR", str(tmp_path / "input"))
     return root

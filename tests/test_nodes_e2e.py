@@ -5,6 +5,7 @@ import copy
 import pytest
 import torch
 from safetensors.torch import save_file
+from conftest import use_models_dir
 
 DIT_PRESETS = {"t2v": "tiny-t2v", "i2v": "tiny-i2v", "ti2v": "tiny-ti2v"}
 VAE_PRESETS = {"2.1": "test-2.1", "2.2": "test-2.2"}
@@ -52,7 +53,7 @@ def write_lora(path):
 
 @pytest.fixture()
 def nodes(pack, models_dir, monkeypatch, tmp_path):
-    monkeypatch.setenv("FLOWDIT_MODELS_DIR", str(models_dir))
+    use_models_dir(pack, models_dir, monkeypatch)
     monkeypatch.setenv("FLOWDIT_OUTPUT_DIR", str(tmp_path / "out"))
     return {name: cls() for name, cls in pack.NODE_CLASS_MAPPINGS.items()}
 
