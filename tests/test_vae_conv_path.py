@@ -25,8 +25,8 @@ def _conv_kernels(fn) -> set[str]:
 
 
 @needs_onednn
-@pytest.mark.parametrize("kernel, padding, stride", [(3, 1, 1), ((3, 1, 1), (1, 0, 0), 1),
-                                                     (1, 0, 1), ((3, 1, 1), 0, (2, 1, 1))])
+@pytest.mark.parametrize("kernel, padding, stride", [(3, 1, 1), ((1, 3, 3), (0, 1, 1), 1),
+                                                     ((3, 3, 3), (1, 1, 1), (1, 2, 2))])
 def test_onednn_path_equals_conv3d_forward_and_backward(kernel, padding, stride):
     torch.manual_seed(0)
     conv = CausalConv3d(6, 5, kernel, stride=stride, padding=padding)
@@ -52,6 +52,9 @@ def test_narrow_layers_run_onednn_wide_ones_keep_pytorchs_choice():
     narrow = CausalConv3d(8, 8, 3, padding=1)
     wide = CausalConv3d(layers.ONEDNN_MAX_CHANNELS, 8, 3, padding=1)
     assert narrow.prefer_onednn and not wide.prefer_onednn
+    # Time-only and pointwise kernels are plain GEMMs, faster on PyTorch's own path.
+    assert not CausalConv3d(8, 8, (3, 1, 1), padding=(1, 0, 0)).prefer_onednn
+    assert not CausalConv3d(8, 8, 1).prefer_onednn
     with torch.no_grad():
         assert _conv_kernels(lambda: narrow(torch.randn(1, 8, 1, 8, 8), FeatureCache())) == {
             "aten::mkldnn_convolution"}

@@ -41,9 +41,13 @@ class FeatureCache:
         return True
 
 
-# CPU convolutions with fewer input channels than this take oneDNN's kernel directly (see
-# `onednn_conv3d`); wider ones keep PyTorch's own choice. Measured by
-# tests/benchmarks/bench_conv_path.py (the README's benchmark section has the numbers).
+# CPU float32 convolutions with a spatial kernel (3x3) and fewer input channels than this take
+# oneDNN's kernel directly (see `onednn_conv3d`); the others keep PyTorch's own choice. Measured
+# with tests/benchmarks/bench_conv_path.py, 1 thread, batch 1, where PyTorch picks slow_conv3d:
+# 3x3x3 at C <= 128 oneDNN is 1.1-25x faster at every size from 8x8 up (except 8x8 single frames,
+# ~0.03 ms either way); at C = 256 they are even (0.9-1.2), at C >= 384 and 8x8 slow_conv3d is
+# 1.7x faster. Kernels 3x1x1 / 1x1x1 (time convs, shortcuts) are plain GEMMs for slow_conv3d
+# (no im2col), which beats oneDNN's fixed cost at the VAE's sizes, so they are left alone.
 ONEDNN_MAX_CHANNELS = 256
 
 
@@ -73,15 +77,17 @@ class CausalConv3d(nn.Conv3d):
     temporal frames all go on the past side (zeros before the clip, cached frames afterwards);
     spatial padding stays symmetric (zeros), done by the convolution itself.
 
-    On the CPU in float32, a layer with fewer than ONEDNN_MAX_CHANNELS input channels runs
-    oneDNN's kernel (`onednn_conv3d`); the choice is made once per layer, here, from its width.
+    On the CPU in float32, a layer with a spatial kernel and fewer than ONEDNN_MAX_CHANNELS input
+    channels runs oneDNN's kernel (`onednn_conv3d`); the choice is made once per layer, here, from
+    its shape (the device and dtype are checked per call, since the layer can be moved).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0):
         pt, ph, pw = (padding,) * 3 if isinstance(padding, int) else padding
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=(0, ph, pw))
         self.past_frames = 2 * pt
-        self.prefer_onednn = in_channels < ONEDNN_MAX_CHANNELS
+        self.prefer_onednn = (in_channels < ONEDNN_MAX_CHANNELS
+                              and max(self.kernel_size[1:]) > 1)
 
     def forward(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
         if self.past_frames:
