@@ -8,6 +8,8 @@ the same weights, and our decode before/after the CPU fast paths of core/vae/lay
 Runners, per size / frame count / dtype:
     ours            WanVAE.decode_raw (core)
     ours-before     the same with the reference ops the layers used before (vae_paths.py)
+    ours-tiled      the same, spatially tiled (--tile N latent px; seams are blended, so its
+                    difference to ours is a measure of the tiling, not an error)
     comfy           ComfyUI's comfy.ldm.wan WanVAE module .decode       (--comfy)
     comfy-sd.VAE    ComfyUI's whole path: comfy.sd.VAE(sd).decode        (--comfy)
     ours-node       the pack's "Causal VAE Decode" node under ComfyUI    (--comfy)
@@ -131,10 +133,14 @@ def build_runners(args, cfg, sd, device, dtype, size, f, only=None):
     want = lambda name: only is None or name == only  # noqa: E731
     as_frames = lambda v: ((v[0].float().clamp(-1, 1) + 1) / 2).permute(1, 2, 3, 0)  # noqa: E731
     runners = {}
-    ours = build_vae(cfg, sd, device, dtype) if want("ours") or want("ours-before") or \
-        want("ours-node") else None
+    ours = build_vae(cfg, sd, device, dtype) if any(
+        want(n) for n in ("ours", "ours-before", "ours-node", "ours-tiled")) else None
     if want("ours"):
         runners["ours"] = (lambda: ours.decode_raw(z), as_frames)
+    if args.tile and want("ours-tiled"):
+        from core.vae import TileSpec
+        spec = TileSpec(args.tile, max(1, args.tile // 4))
+        runners["ours-tiled"] = (lambda: ours.decode_raw(z, tiling=spec), as_frames)
     if want("ours-before") and device.type == "cpu" and dtype == torch.float32:
         def before():
             with reference_paths(ours.model):
@@ -196,6 +202,7 @@ def main() -> None:
     ap.add_argument("--dtypes", default=None,
                     help="comma-separated; default float32 on the CPU, float32,bfloat16 on CUDA")
     ap.add_argument("--repeat", type=int, default=5, help="ABBA rounds (2 samples each)")
+    ap.add_argument("--tile", type=int, default=0, help="also decode tiled, this latent tile size")
     ap.add_argument("--comfy", action="store_true", help="compare with ComfyUI (COMFYUI_PATH)")
     ap.add_argument("--memory", action="store_true", help="also peak memory, in separate processes")
     ap.add_argument("--memory-runs", type=int, default=3, help="fresh processes per memory row")
