@@ -67,6 +67,7 @@ def test_narrow_layers_run_onednn_wide_ones_keep_pytorchs_choice():
 
 
 @needs_onednn
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # flags() on a CPU build
 def test_onednn_switched_off_by_the_user_is_respected():
     conv = CausalConv3d(8, 8, 3, padding=1)
     with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):
@@ -92,3 +93,15 @@ def test_rmsnorm_equals_normalize_reference(images, dtype):
     tol = {torch.float32: 1e-6, torch.float64: 1e-12, torch.bfloat16: 2e-2}[dtype]
     torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
     assert (out[0, :, 0] == 0).all()
+
+
+def test_rmsnorm_gradients_equal_the_reference():
+    torch.manual_seed(2)
+    norm = RMSNorm(6).double()
+    x = torch.randn(2, 6, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 6, 3, 4, 5, dtype=torch.float64)
+    got = torch.autograd.grad(norm(x), (x, norm.gamma), g)
+    ref = F.normalize(x, dim=1) * 6 ** 0.5 * norm.gamma
+    want = torch.autograd.grad(ref, (x, norm.gamma), g)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)  # float64: rounding only

@@ -62,7 +62,7 @@ def onednn_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
     F.conv3d picks the kernel per call from a size heuristic: on the CPU a batch-1 input with
     N*C*T*H <= 20480, or a kernel of spatial size 1x1 on one thread, goes to `slow_conv3d`
-    (im2col + one GEMM per sample), which is 3-10x slower than oneDNN at the VAE's narrow widths.
+    (im2col + one GEMM per sample), up to 25x slower than oneDNN at the VAE's narrow widths.
     `aten::mkldnn_convolution` is the operator F.conv3d itself dispatches to otherwise (same
     result up to summation order, with autograd), called here without the heuristic.
     """

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))      # timing.py
 from core.dit import available_attention_backends, get_preset, load_dit  # noqa: E402
 from core.dit.loader import parse_dtype  # noqa: E402
 from core.dit.random_weights import random_state_dict  # noqa: E402
-from timing import interleaved, paired_ratio, peak_rss, spread  # noqa: E402
+from timing import cpu_bf16_note, interleaved, paired_ratio, peak_rss, spread  # noqa: E402
 
 # Pixel -> latent strides of the VAEs (frames, height, width): Wan2.1 VAE for 16-channel models,
 # Wan2.2 VAE for the 48-channel TI2V model. Latent frames = (frames - 1) / 4 + 1.
@@ -197,10 +197,8 @@ def build(args, device):
         t_theirs[:, 0] = 0.0
     precision = args.dtype
     if dtype == torch.bfloat16 and device.type == "cpu":
-        native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        precision += (" (native bf16 CPU" if native else
-                      " (EMULATED on this CPU: no bf16 matmul units") + "; different precisions: " \
-            "ours keeps fp32 islands, ComfyUI runs them in bf16)"
+        precision += (f" ({cpu_bf16_note()}; different precisions: ours keeps fp32 islands, "
+                      f"ComfyUI runs them in bf16)")
     tag = (f"{cfg} | {args.width}x{args.height}x{args.frames} px -> latent {latent}, {tokens} "
            f"tokens, batch {args.batch}, text {args.text_len} | {precision} on {device}, "
            f"{torch.get_num_threads()} threads | {flops / 1e12:.3f} TFLOP per forward | "

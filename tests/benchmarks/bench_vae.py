@@ -42,7 +42,7 @@ from core.vae import preset  # noqa: E402
 from core.vae.config import detect_config  # noqa: E402
 from core.vae.loader import build_vae  # noqa: E402
 from core.vae.model import random_state_dict  # noqa: E402
-from timing import interleaved, paired_ratio, peak_rss, spread  # noqa: E402
+from timing import cpu_bf16_note, interleaved, paired_ratio, peak_rss, spread  # noqa: E402
 from vae_paths import reference_paths  # noqa: E402
 
 MiB = 2 ** 20
@@ -52,8 +52,7 @@ PACK_NAME = "flowdit_bench_pack"
 def dtype_label(dtype: torch.dtype, device: torch.device) -> str:
     name = str(dtype)[6:]
     if dtype == torch.bfloat16 and device.type == "cpu":
-        native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        name += " (native bf16 CPU)" if native else " (EMULATED: no bf16 matmul units on this CPU)"
+        name += f" ({cpu_bf16_note()})"
     return name
 
 

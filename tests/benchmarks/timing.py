@@ -58,3 +58,16 @@ def peak_rss(fn: Callable[[], object]) -> tuple[int, object]:
     Path("/proc/self/clear_refs").write_text("5")   # resets VmHWM to the current resident set
     out = fn()
     return _status("VmHWM") - base, out
+
+
+def cpu_bf16_note() -> str:
+    """How bf16 runs on this CPU, for labelling bf16 rows: EMULATED without bf16 matmul units
+    (several times slower than fp32), else which units /proc/cpuinfo lists."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "bf16 units unknown (no /proc/cpuinfo)"
+    units = sorted(flags & {"avx512_bf16", "amx_bf16"})
+    if not units:
+        return "EMULATED: no bf16 matmul units on this CPU"
+    return f"CPU lists {', '.join(units)}"
