@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="8,16,32,64,128", help="square H=W of the conv input")
     ap.add_argument("--frames", default="3,6", help="T of the input incl. the 2 causal past frames")
     ap.add_argument("--kernels", default="3x3x3,3x1x1,1x1x1")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5, help="ABBA rounds (2 samples each)")
     ap.add_argument("--max-seconds", type=float, default=0.5, help="skip shapes slower than this")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, oneDNN {torch.backends.mkldnn.is_available()}")

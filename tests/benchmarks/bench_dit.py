@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--weight-dtype", default=None, help="weight storage, e.g. fp8_e4m3fn")
     p.add_argument("--attention", default="sdpa", help=f"ours: {available_attention_backends()}")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--repeat", type=int, default=5, help="ABBA rounds (2 samples each)")
+    p.add_argument("--repeat", type=int, default=5,
+                   help="ABBA rounds (2 samples each); 0: no timing (memory only)")
     p.add_argument("--per-token-t", action="store_true", help="TI2V-style timesteps (first "
                    "latent frame clean): ours per token [B, L], ComfyUI per frame [B, F]")
     p.add_argument("--comfy", action="store_true", help="also time ComfyUI's WanModel")

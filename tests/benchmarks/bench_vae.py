@@ -200,7 +200,8 @@ def main() -> None:
     ap.add_argument("--latent-frames", default="5,21", help="comma-separated latent frame counts")
     ap.add_argument("--dtypes", default=None,
                     help="comma-separated; default float32 on the CPU, float32,bfloat16 on CUDA")
-    ap.add_argument("--repeat", type=int, default=5, help="ABBA rounds (2 samples each)")
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="ABBA rounds (2 samples each); 0: no timing (memory only)")
     ap.add_argument("--tile", type=int, default=0, help="also decode tiled, this latent tile size")
     ap.add_argument("--comfy", action="store_true", help="compare with ComfyUI (COMFYUI_PATH)")
     ap.add_argument("--memory", action="store_true", help="also peak memory, in separate processes")
@@ -248,10 +249,11 @@ def main() -> None:
                 if "comfy-sd.VAE" in times and "ours-node" in times:
                     print(f"  ratio ours-node / comfy-sd.VAE (whole paths): "
                           f"{paired_ratio(times['ours-node'], times['comfy-sd.VAE'])}")
+                names = list(runners)
                 del runners
                 if args.memory:
                     peaks = {}
-                    for name in times:
+                    for name in names:
                         cmd = [sys.executable, __file__, *sys.argv[1:], "--memory-child",
                                str(size), str(f), dname, name]
                         runs = []

@@ -8,6 +8,8 @@ is measured in a separate process per runner (`peak_rss`), never in the timing r
 """
 from __future__ import annotations
 
+import ctypes
+import gc
 import statistics
 import time
 from collections.abc import Callable
@@ -16,7 +18,10 @@ from pathlib import Path
 
 def interleaved(runners: dict[str, Callable[[], object]], repeat: int,
                 sync: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
-    """Seconds per call of each runner over `repeat` ABBA rounds (after one warm-up call each)."""
+    """Seconds per call of each runner over `repeat` ABBA rounds (after one warm-up call each);
+    {} for repeat 0."""
+    if repeat <= 0:
+        return {}
     for fn in runners.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in runners}
@@ -52,8 +57,14 @@ def _status(field: str) -> int:
 
 def peak_rss(fn: Callable[[], object]) -> tuple[int, object]:
     """(peak resident set during fn() minus the resident set before it, fn's result) on Linux.
-    Meant for a fresh process that runs fn once: glibc keeps freed pages, so a second call in the
-    same process would reuse them and show a smaller peak."""
+    Meant for a fresh process that runs fn once. glibc keeps freed heap pages resident, and a
+    forward could reuse what building the model freed without raising the resident set; so the
+    free pages are first handed back to the kernel (gc, then glibc's malloc_trim where present)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the peak may be understated
+        pass
     base = _status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")   # resets VmHWM to the current resident set
     out = fn()
