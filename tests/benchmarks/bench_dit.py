@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     with torch.no_grad():
         times = interleaved(runners, args.repeat, sync)
     for name, t in times.items():
-        report(name, t, info, device, torch.float32 if args.dtype == "fp32" else parse_dtype(args.dtype))
+        report(name, t, info, device, parse_dtype(args.dtype))
     for a, b in (("ours", "comfyui"), ("ours-node step", "comfyui-ModelPatcher step")):
         if a in times and b in times:
             print(f"ratio {a} / {b} wall time (paired, median [min, max]): "
@@ -191,7 +191,8 @@ def build(args, device):
     t_theirs = t
     if args.per_token_t:
         # What each pipeline hands its model for a TI2V step with a clean first latent frame:
-        # ours per token [B, L], ComfyUI per latent frame [B, F] (model_base.WAN22.process_timestep).
+        # ours per token [B, L], ComfyUI per latent frame [B, F]
+        # (model_base.WAN22.process_timestep).
         t = t[:, None].repeat(1, tokens)
         t[:, :per_frame] = 0.0
         t_theirs = torch.full((args.batch, latent[0]), 700.0, device=device)

@@ -73,7 +73,8 @@ def comfy_module(cfg, sd, device, dtype):
     module = importlib.import_module("comfy.ldm.wan.vae" if cfg.version == "2.1"
                                      else "comfy.ldm.wan.vae2_2")
     kwargs = dict(dim=cfg.dim, z_dim=cfg.z_dim, dim_mult=list(cfg.dim_mult),
-                  num_res_blocks=cfg.num_res_blocks, temperal_downsample=list(cfg.temporal_downsample))
+                  num_res_blocks=cfg.num_res_blocks,
+                  temperal_downsample=list(cfg.temporal_downsample))
     if cfg.version == "2.2":
         kwargs["dec_dim"] = cfg.dec_dim
     model = module.WanVAE(**kwargs).eval()
@@ -178,7 +179,8 @@ def memory_child(args) -> None:
     cfg, sd, _ = load_weights(args)
     if args.comfy:
         setup_comfy(device)
-    (fn, _), = build_runners(args, cfg, sd, device, dtype, size, f, only=args.memory_child[3]).values()
+    runners = build_runners(args, cfg, sd, device, dtype, size, f, only=args.memory_child[3])
+    (fn, _), = runners.values()
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -302,7 +304,8 @@ def encode_rows(args, cfg, sd, device, dtype, size, f) -> None:
     print(f"== encode {size}px T={t}")
     for name, fn in runners.items():
         if name != "ours":
-            print(f"  max |latent difference| ours vs {name}: {(fn().float() - ref).abs().max():.2e}")
+            diff = (fn().float() - ref).abs().max()
+            print(f"  max |latent difference| ours vs {name}: {diff:.2e}")
     times = interleaved(runners, args.repeat)
     for name, tt in times.items():
         print(f"  {name:<14} {spread(tt)}")
