@@ -110,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--whole", action="store_true",
                    help="with --comfy: also one sampling step through both whole paths")
     p.add_argument("--memory", action="store_true", help="peak memory, in separate processes")
+    p.add_argument("--memory-runs", type=int, default=3, help="fresh processes per memory row")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -159,15 +160,22 @@ def main(argv: list[str] | None = None) -> None:
         for name in runners:
             cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]),
                    "--memory-child", name]
-            res = subprocess.run(cmd, capture_output=True, text=True)
-            if res.returncode:
-                print(f"memory {name}: failed: {res.stderr.strip()[-300:]}")
+            runs = []
+            for _ in range(args.memory_runs):
+                res = subprocess.run(cmd, capture_output=True, text=True)
+                if res.returncode:
+                    print(f"memory {name}: failed: {res.stderr.strip()[-300:]}")
+                    break
+                runs.append(json.loads(res.stdout.strip().splitlines()[-1])["peak"])
+            if not runs:
                 continue
-            peaks[name] = json.loads(res.stdout.strip().splitlines()[-1])["peak"]
+            peaks[name] = statistics.median(runs)
             print(f"memory {name:>26}: peak {peaks[name] / 2**20:9.1f} MiB above the resident "
-                  f"set before the call (fresh process)")
-        if "ours" in peaks and "comfyui" in peaks:
-            print(f"memory ratio ours / comfyui: {peaks['ours'] / max(1, peaks['comfyui']):.3f}")
+                  f"set before the call (median of {len(runs)} fresh processes; min "
+                  f"{min(runs) / 2**20:.1f}, max {max(runs) / 2**20:.1f})")
+        for a, b in (("ours", "comfyui"), ("ours-node step", "comfyui-ModelPatcher step")):
+            if a in peaks and b in peaks:
+                print(f"memory ratio {a} / {b}: {peaks[a] / max(1, peaks[b]):.3f}")
 
 
 def build(args, device):
