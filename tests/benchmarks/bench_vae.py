@@ -1,13 +1,13 @@
 """VAE benchmark (a script, not a test): decode (and encode) time against ComfyUI's own Wan VAE on
 the same weights, and our decode before/after the CPU fast paths of core/vae/layers.py.
 
-    python tests/benchmarks/bench_vae.py --preset wan2.1 --size 64 --latent-frames 5,21
-    python tests/benchmarks/bench_vae.py --weights default --size 64 --latent-frames 5 --threads 1
+    python tests/benchmarks/bench_vae.py --preset wan2.1 --size 64 --latent-frames 2,5
+    python tests/benchmarks/bench_vae.py --weights default --latent-frames 5 --threads 1 --before
     COMFYUI_PATH=/opt/comfyui /opt/comfyui/venv/bin/python tests/benchmarks/bench_vae.py --comfy --memory
 
 Runners, per size / frame count / dtype:
     ours            WanVAE.decode_raw (core)
-    ours-before     the same with the reference ops the layers used before (vae_paths.py)
+    ours-before     the same with the reference ops the layers used before (--before; CPU fp32)
     ours-tiled      the same, spatially tiled (--tile N latent px; seams are blended, so its
                     difference to ours is a measure of the tiling, not an error)
     comfy           ComfyUI's comfy.ldm.wan WanVAE module .decode       (--comfy)
@@ -141,7 +141,7 @@ def build_runners(args, cfg, sd, device, dtype, size, f, only=None):
         from core.vae import TileSpec
         spec = TileSpec(args.tile, max(1, args.tile // 4))
         runners["ours-tiled"] = (lambda: ours.decode_raw(z, tiling=spec), as_frames)
-    if want("ours-before") and device.type == "cpu" and dtype == torch.float32:
+    if args.before and want("ours-before") and device.type == "cpu" and dtype == torch.float32:
         def before():
             with reference_paths(ours.model):
                 return ours.decode_raw(z)
@@ -199,11 +199,14 @@ def main() -> None:
     ap.add_argument("--weights", default=None,
                     help="a VAE file instead of random weights ('default': the pack's own VAE)")
     ap.add_argument("--size", default="64", help="comma-separated square pixel sizes")
-    ap.add_argument("--latent-frames", default="5,21", help="comma-separated latent frame counts")
+    ap.add_argument("--latent-frames", default="5", help="comma-separated latent frame counts "
+                    "(a 64 px Wan2.1 decode of 21 takes about a minute per call on a 2-core CPU)")
     ap.add_argument("--dtypes", default=None,
                     help="comma-separated; default float32 on the CPU, float32,bfloat16 on CUDA")
     ap.add_argument("--repeat", type=int, default=5,
                     help="ABBA rounds (2 samples each); 0: no timing (memory only)")
+    ap.add_argument("--before", action="store_true",
+                    help="also time ours with the reference ops used before the CPU fast paths")
     ap.add_argument("--tile", type=int, default=0, help="also decode tiled, this latent tile size")
     ap.add_argument("--comfy", action="store_true", help="compare with ComfyUI (COMFYUI_PATH)")
     ap.add_argument("--memory", action="store_true", help="also peak memory, in separate processes")
@@ -287,7 +290,7 @@ def encode_rows(args, cfg, sd, device, dtype, size, f) -> None:
     g = torch.Generator().manual_seed(f)
     video = (torch.rand(1, 3, t, size, size, generator=g) * 2 - 1).to(device)
     runners = {"ours": lambda: ours.encode_raw(video)}
-    if device.type == "cpu" and dtype == torch.float32:
+    if args.before and device.type == "cpu" and dtype == torch.float32:
         def before():
             with reference_paths(ours.model):
                 return ours.encode_raw(video)
