@@ -43,10 +43,10 @@ class FeatureCache:
 
 # CPU float32 convolutions with a spatial kernel (3x3) and fewer input channels than this take
 # oneDNN's kernel directly (see `onednn_conv3d`); the others keep PyTorch's own choice. Measured
-# with tests/benchmarks/bench_conv_path.py, 1 thread, batch 1, where PyTorch picks slow_conv3d:
-# 3x3x3 at C <= 128 oneDNN is 1.1-25x faster at every size from 8x8 up (except 8x8 single frames,
-# ~0.03 ms either way); at C = 256 they are even (0.9-1.2), at C >= 384 and 8x8 slow_conv3d is
-# 1.7x faster. Kernels 3x1x1 / 1x1x1 (time convs, shortcuts) are plain GEMMs for slow_conv3d
+# with tests/benchmarks/bench_conv_path.py, 1 thread, batch 1, where PyTorch picks slow_conv3d
+# (two sweeps): 3x3x3 at C <= 128 oneDNN is 1.5-25x faster from 16x16 up and even at 8x8 (except
+# C = 8-16 on 8x8 single frames, 0.05 vs 0.07 ms); at C = 256 it is mixed (0.8-2.3, slow_conv3d
+# ahead on 8x8 single frames), at C >= 384 slow_conv3d is 1.6-1.9x faster on 8x8, even above. Kernels 3x1x1 / 1x1x1 (time convs, shortcuts) are plain GEMMs for slow_conv3d
 # (no im2col), which beats oneDNN's fixed cost at the VAE's sizes, so they are left alone.
 ONEDNN_MAX_CHANNELS = 256
 
