@@ -41,18 +41,53 @@ class FeatureCache:
         return True
 
 
+# CPU float32 convolutions with a spatial kernel (3x3) and fewer input channels than this take
+# oneDNN's kernel directly (see `onednn_conv3d`); the others keep PyTorch's own choice. Measured
+# with tests/benchmarks/bench_conv_path.py, 1 thread, batch 1, where PyTorch picks slow_conv3d
+# (two sweeps): 3x3x3 at C <= 128 oneDNN is 1.5-25x faster from 16x16 up and even at 8x8 (except
+# C = 8-16 on 8x8 single frames, 0.05 vs 0.07 ms); at C = 256 it is mixed (0.8-2.3, slow_conv3d
+# ahead on 8x8 single frames), at C >= 384 slow_conv3d is 1.6-1.9x faster on 8x8, even above. Kernels 3x1x1 / 1x1x1 (time convs, shortcuts) are plain GEMMs for slow_conv3d
+# (no im2col), which beats oneDNN's fixed cost at the VAE's sizes, so they are left alone.
+ONEDNN_MAX_CHANNELS = 256
+
+
+def onednn_available() -> bool:
+    """Whether this PyTorch build has oneDNN (mkldnn) and it is not switched off by the user."""
+    return torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+
+
+def onednn_conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                  stride: tuple[int, int, int], padding: tuple[int, int, int]) -> torch.Tensor:
+    """F.conv3d(x, weight, bias, stride, padding) through oneDNN's kernel.
+
+    F.conv3d picks the kernel per call from a size heuristic: on the CPU a batch-1 input with
+    N*C*T*H <= 20480, or a kernel of spatial size 1x1 on one thread, goes to `slow_conv3d`
+    (im2col + one GEMM per sample), up to 25x slower than oneDNN at the VAE's narrow widths.
+    `aten::mkldnn_convolution` is the operator F.conv3d itself dispatches to otherwise (same
+    result up to summation order, with autograd), called here without the heuristic.
+    """
+    return torch.ops.aten.mkldnn_convolution(x, weight, bias, list(padding), list(stride),
+                                             [1, 1, 1], 1)
+
+
 class CausalConv3d(nn.Conv3d):
     """Conv3d that sees only the present and the past in time.
 
     `padding=(pt, ph, pw)` is read as the total padding of an ordinary symmetric conv: the 2*pt
     temporal frames all go on the past side (zeros before the clip, cached frames afterwards);
     spatial padding stays symmetric (zeros), done by the convolution itself.
+
+    On the CPU in float32, a layer with a spatial kernel and fewer than ONEDNN_MAX_CHANNELS input
+    channels runs oneDNN's kernel (`onednn_conv3d`); the choice is made once per layer, here, from
+    its shape (the device and dtype are checked per call, since the layer can be moved).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0):
         pt, ph, pw = (padding,) * 3 if isinstance(padding, int) else padding
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=(0, ph, pw))
         self.past_frames = 2 * pt
+        self.prefer_onednn = (in_channels < ONEDNN_MAX_CHANNELS
+                              and max(self.kernel_size[1:]) > 1)
 
     def forward(self, x: torch.Tensor, cache: FeatureCache) -> torch.Tensor:
         if self.past_frames:
@@ -65,18 +100,32 @@ class CausalConv3d(nn.Conv3d):
             x = torch.cat(parts, dim=2)                     # (B, C, past_frames + T, H, W)
             real = x.shape[2] - max(missing, 0)
             cache.store(self, x[:, :, x.shape[2] - min(real, self.past_frames):])
+        if (self.prefer_onednn and x.device.type == "cpu" and x.dtype == torch.float32
+                and self.weight.dtype == torch.float32 and onednn_available()):
+            return onednn_conv3d(x, self.weight, self.bias, self.stride, self.padding)
         return super().forward(x)
 
 
 class RMSNorm(nn.Module):
-    """x / ||x||_channels * sqrt(C) * gamma; gamma is [C,1,1,1] for 5D input, [C,1,1] for 4D."""
+    """x / ||x||_channels * sqrt(C) * gamma; gamma is [C,1,1,1] for 5D input, [C,1,1] for 4D.
+
+    Written as x * rsqrt(mean_C(x^2) + eps) * gamma, the same value as the reference's
+    F.normalize(x, dim=1) * sqrt(C) * gamma (whose max(||x||, 1e-12) guard becomes eps = 1e-24/C;
+    an all-zero vector stays zero), in three passes over x instead of five. Half precision keeps
+    F.normalize, whose norm is accumulated in float32 (x^2 would overflow float16).
+    """
 
     def __init__(self, dim: int, images: bool = False):
         super().__init__()
         self.scale = dim ** 0.5
+        self.eps = 1e-24 / dim
         self.gamma = nn.Parameter(torch.ones(dim, *((1, 1) if images else (1, 1, 1))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype in (torch.float32, torch.float64):
+            # x / sqrt(mean(x^2)) = x / ||x|| * sqrt(C): the scale is already in.
+            inv = x.square().mean(dim=1, keepdim=True).add_(self.eps).rsqrt_()  # (B, 1, ...)
+            return (x * inv).mul_(self.gamma)
         # In place on normalize's fresh output (division does not save it for backward).
         return F.normalize(x, dim=1).mul_(self.scale * self.gamma)
 
