@@ -16,6 +16,7 @@ from .conditioning import FirstFrameInjection
 from .guidance import GuidedVelocity, Schedule
 from .noise import noise_latent
 from .solvers import SamplingCancelled, get_solver
+from .step_cache import StepCache, StepCacheConfig
 
 DEFAULT_PATCH = (1, 2, 2)  # Wan's patch, used only when the DiT exposes no config.patch_size
 
@@ -31,7 +32,8 @@ def sample(dit: Callable[..., torch.Tensor], noise: torch.Tensor, sigmas: torch.
            first_frame: torch.Tensor | None = None, i2v_concat: torch.Tensor | None = None,
            clip_fea: torch.Tensor | None = None, batched_cfg: bool = True, pad_context: bool = False,
            callback: Callable[[dict[str, Any]], None] | None = None,
-           should_cancel: Callable[[], bool] | None = None) -> torch.Tensor:
+           should_cancel: Callable[[], bool] | None = None,
+           step_cache: StepCacheConfig | None = None) -> torch.Tensor:
     """Sample a latent [B, C, F, H, W] with the velocity DiT `dit(x, t, context, clip_fea=None)`.
 
     noise [B, C, F, H, W] (see `noise.initial_noise`); sigmas [N + 1] (see `schedules`).
@@ -41,13 +43,14 @@ def sample(dit: Callable[..., torch.Tensor], noise: torch.Tensor, sigmas: torch.
     positive/negative [B or 1, L, D] text contexts; cfg a float, per-step list or sigma -> w.
     callback(info) each step (see `solvers`); should_cancel() is polled before each callback and
     raises SamplingCancelled when true. Raises NonFiniteModelOutput on NaN/inf. The inputs are
-    never modified.
+    never modified. step_cache: skip DiT calls adaptively (`step_cache.StepCache`, per call).
     """
     run_solver = get_solver(solver)
     sigmas = torch.as_tensor(sigmas)
     x = noise if latent is None else noise_latent(latent, noise, float(sigmas.reshape(-1)[0]))
     model = GuidedVelocity(dit, positive, negative, cfg, sigmas=sigmas, batched=batched_cfg,
                            pad_context=pad_context, clip_fea=clip_fea, concat=i2v_concat)
+    model = StepCache.wrap(model, step_cache, sigmas)  # around CFG, inside the TI2V wrapper
     project = None
     if first_frame is not None:
         injection = FirstFrameInjection(first_frame, _patch_size_of(dit))
