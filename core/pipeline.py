@@ -14,6 +14,7 @@ import torch
 
 from .flow.noise import initial_noise
 from .flow.sampler import sample
+from .flow.step_cache import StepCacheConfig
 from .vae.latent_format import LatentFormat, latent_format_for
 
 
@@ -31,6 +32,7 @@ class SampleRequest:
     concat_latent: torch.Tensor | None = None  # Wan2.1 I2V raw image latent [1 or B, C, F, H, W]
     concat_mask: torch.Tensor | None = None   # Wan2.1 I2V mask [1, 1 or 4, F, H, W]: 0 on given frames
     clip_fea: torch.Tensor | None = None      # Wan2.1 I2V CLIP vision tokens [B, 257, 1280]
+    step_cache: StepCacheConfig | None = None  # skip DiT calls adaptively (None: every step runs)
 
 
 def first_frame_latent(samples: torch.Tensor, noise_mask: torch.Tensor) -> torch.Tensor:
@@ -107,5 +109,6 @@ def sample_video(dit: torch.nn.Module, request: SampleRequest, *, device: torch.
     out = sample(dit_call, noise, sigmas.to(device), positive=cast(request.context),
                  negative=cast(request.negative_context), cfg=request.cfg, solver=request.solver,
                  latent=x0 if float(sigmas[0]) < 1.0 else None, first_frame=first,
-                 i2v_concat=concat, clip_fea=cast(request.clip_fea), callback=callback)
+                 i2v_concat=concat, clip_fea=cast(request.clip_fea), callback=callback,
+                 step_cache=request.step_cache)
     return fmt.denormalize(out)

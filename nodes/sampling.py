@@ -107,7 +107,7 @@ class FlowDiTSampler:
             noise_mask=latent.get("noise_mask"),
             concat_latent=pos_options.get("concat_latent_image"),
             concat_mask=pos_options.get("concat_mask"),
-            clip_fea=clip_features(pos_options))
+            clip_fea=clip_features(pos_options), step_cache=model.step_cache)
         out = sample_video(model.module, request, device=device, dtype=model.compute_dtype, callback=on_step)
         result = {k: v for k, v in latent.items() if k != "noise_mask"}
         result["samples"] = out.to(host.intermediate_device())

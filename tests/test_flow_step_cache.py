@@ -125,7 +125,7 @@ def test_heun_second_call_counts_as_the_next_step():
 @pytest.mark.parametrize("rule, model", [
     ("velocity", lambda x, sg: torch.full_like(x, 0.7)),                       # v constant
     ("delta", lambda x, sg: x + 0.3),                                          # v - x constant
-    ("extrapolate", lambda x, sg: 0.2 + 1.5 * sg.reshape(-1, 1, 1, 1, 1).to(x.dtype)),  # v affine in sigma
+    ("extrapolate", lambda x, sg: 0.2 + 1.5 * sg.reshape(-1, 1, 1, 1, 1).to(x.dtype)),  # affine in sigma
 ])
 def test_each_reuse_rule_is_exact_where_its_assumption_holds(rule, model):
     sigmas = flow_sigmas(10, shift=2.0)
@@ -196,4 +196,5 @@ def test_config_errors():
         with pytest.raises(ValueError, match="step cache"):
             StepCacheConfig(**bad)
     assert StepCache.wrap(gaussian_velocity, None, flow_sigmas(4)) is gaussian_velocity
-    assert StepCache.wrap(gaussian_velocity, StepCacheConfig(threshold=0), flow_sigmas(4)) is gaussian_velocity
+    off = StepCacheConfig(threshold=0)
+    assert StepCache.wrap(gaussian_velocity, off, flow_sigmas(4)) is gaussian_velocity

@@ -14,9 +14,11 @@ What does not recompile, by construction (and checked in tests/test_dit_compile.
 - the timestep (a tensor input, also per-token timesteps: an index tensor of either width);
 - CFG passes (batch 2B with batched CFG, or two calls of batch B: one more graph at most, for the
   other batch size, then dynamic);
-- a new LoRA strength, as long as the LoRA is merged into the weights or patched by ComfyUI
-  (weights are graph inputs). Run-time adapters (`core.train.lora`, mode "runtime") keep their
-  strength as a Python float, which dynamo specialises on: each new strength compiles once more.
+- a new LoRA strength when the LoRA is merged into the weights or patched by ComfyUI (weights
+  are graph inputs). Run-time adapters (`core.train.lora`, mode "runtime") keep their strength as
+  a Python float: dynamo specialises on it until it first changes and then makes it dynamic, so
+  the first change costs one more graph per CFG layout and later changes none (strength 0, which
+  skips the adapter, is one graph of its own).
 - a new resolution or frame count: the first change recompiles once with the token count marked
   dynamic (dynamo's automatic dynamic shapes), after which any further size runs the same graph.
 """

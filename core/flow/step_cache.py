@@ -69,17 +69,18 @@ REUSE_RULES = ("delta", "velocity", "extrapolate")
 @dataclass(frozen=True)
 class StepCacheConfig:
     """How aggressively to skip model calls (see the module docstring). Holds no state."""
-    threshold: float = 0.1     # summed predicted relative output change allowed before a call runs; 0 = off
+    threshold: float = 0.4     # summed predicted relative output change before a call runs; 0 = off
     start: float = 0.1         # fraction of the steps always computed at the start (high noise)
-    end: float = 0.9           # steps from this fraction on are always computed (the last step always is)
-    reuse: str = "delta"       # "delta": v = x + (v_c - x_c) (EasyCache); "velocity": v = v_c;
+    end: float = 0.9           # steps from this fraction on are always computed (and the last step)
+    reuse: str = "velocity"    # "velocity": v = v_c; "delta": v = x + (v_c - x_c) (EasyCache);
                                # "extrapolate": v linear in sigma through the last two computed
     max_skips: int = 0         # most skipped calls in a row (MagCache's K); 0 = no cap
 
     def __post_init__(self) -> None:
         if not (isinstance(self.threshold, (int, float)) and math.isfinite(self.threshold)
                 and self.threshold >= 0):
-            raise ValueError(f"step cache threshold must be a number >= 0 (0 = off), got {self.threshold!r}")
+            raise ValueError(f"step cache threshold must be a number >= 0 (0 = off), "
+                             f"got {self.threshold!r}")
         if not 0.0 <= self.start <= 1.0 or not 0.0 <= self.end <= 1.0:
             raise ValueError(f"step cache start/end are fractions of the steps in [0, 1], got "
                              f"start={self.start}, end={self.end}")
@@ -89,7 +90,8 @@ class StepCacheConfig:
         if self.reuse not in REUSE_RULES:
             raise ValueError(f"step cache reuse must be one of {REUSE_RULES}, got {self.reuse!r}")
         if not isinstance(self.max_skips, int) or self.max_skips < 0:
-            raise ValueError(f"step cache max_skips must be an integer >= 0 (0 = no cap), got {self.max_skips!r}")
+            raise ValueError(f"step cache max_skips must be an integer >= 0 (0 = no cap), "
+                             f"got {self.max_skips!r}")
 
     @property
     def enabled(self) -> bool:
