@@ -1,7 +1,7 @@
 """The step cache's speed/quality curve on the pack's default model, per solver.
 
     python tests/benchmarks/bench_step_cache.py [--steps 20,50] [--solvers euler,heun,dpmpp_2m,unipc]
-        [--thresholds 0.05,0.1,0.2,0.3] [--seeds 1] [--start 0.1] [--end 0.9] [--reuse delta]
+        [--thresholds 0.2,0.4,0.6] [--seeds 1] [--start 0.1] [--end 0.9] [--reuse velocity]
         [--max-skips 0] [--ti2v] [--threads 1]
 
 For every held-out prompt (`core.default_model.evaluate.heldout_cases`: 42 prompts x seeds), each
@@ -31,7 +31,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", default="20,50")
     parser.add_argument("--solvers", default="euler,heun,dpmpp_2m,unipc")
-    parser.add_argument("--thresholds", default="0.05,0.1,0.2,0.3")
+    parser.add_argument("--thresholds", default="0.2,0.4,0.6")
     parser.add_argument("--seeds", type=int, default=1, help="noise seeds per held-out prompt")
     parser.add_argument("--start", type=float, default=None, help="StepCacheConfig.start")
     parser.add_argument("--end", type=float, default=None, help="StepCacheConfig.end")
