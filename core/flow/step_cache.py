@@ -28,11 +28,11 @@ the first call where it does not is computed and restarts the sum. The relatives
 Here the criterion is EasyCache's, because it needs neither the model's insides nor a calibration
 (it must hold for any Wan checkpoint, and for our own tiny one), with MagCache's cap on
 consecutive skips as an option (`max_skips`). The reuse rule and the defaults were chosen by
-measurement on the pack's default model (tests/benchmarks/bench_step_cache.py, 16 held-out clips,
-euler and unipc, 20 and 50 steps): "velocity" and "delta" skip the same calls and differ by
-0.3-0.5 dB (velocity ahead: in rectified flow v = eps - x0 is what stays nearly constant along a
-path); "extrapolate" is 5-8 dB better at small thresholds but its worst clips are worse at large
-ones, and the criterion does not know that it extrapolates (it skips no more calls). Threshold 0.4
+measurement on the pack's default model (tests/benchmarks/bench_step_cache.py): on 16 held-out
+clips (euler, unipc; 20 steps) "velocity" and "delta" skip the same calls and differ by 0.1-0.6 dB
+(velocity ahead: in rectified flow v = eps - x0 is what stays nearly constant along a path); on 8
+clips "extrapolate" was 3.5-7.5 dB better at thresholds 0.1-0.2 but its worst clips were worse at
+0.4-0.6, and the criterion does not know that it extrapolates (it skips no more calls). Threshold 0.4
 with start 0.1 / end 0.9 halves the DiT forwards at 20 steps at ~33 dB mean PSNR (README).
 
 Where it sits: around the guided velocity (CFG outside the cache's inner model), inside the TI2V
