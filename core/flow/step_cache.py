@@ -29,7 +29,7 @@ Here the criterion is EasyCache's, because it needs neither the model's insides 
 (it must hold for any Wan checkpoint, and for our own tiny one), with MagCache's cap on
 consecutive skips as an option (`max_skips`). The reuse rule and the defaults were chosen by
 measurement on the pack's default model (tests/benchmarks/bench_step_cache.py): on 16 held-out
-clips (euler, unipc; 20 steps) "velocity" and "delta" skip the same calls and differ by 0.1-0.6 dB
+clips (euler, 20 steps) "velocity" and "delta" skip the same calls and differ by 0.4-1.0 dB
 (velocity ahead: in rectified flow v = eps - x0 is what stays nearly constant along a path); on 8
 clips "extrapolate" was 3.5-7.5 dB better at thresholds 0.1-0.2 but its worst clips were worse at
 0.4-0.6, and the criterion does not know that it extrapolates (it skips no more calls). Threshold 0.4
