@@ -14,6 +14,9 @@ median of the later ones):
    included;
 2. a Wan2.1-1.3B-shaped DiT cut to 2 layers (random weights) at 832x480x9 frames: 4680 tokens
    (the "~4k tokens" job), one forward, text context of 512 tokens; tokens/s as well.
+
+Inductor keeps compiled code in an on-disk cache, so a second run of this script compiles much
+faster; run it with TORCHINDUCTOR_FORCE_DISABLE_CACHES=1 for the cold compile time a user meets once.
 """
 from __future__ import annotations
 
