@@ -19,6 +19,7 @@ from .flow.noise import initial_noise
 from .flow.sampler import sample_stages
 from .flow.stages import Stage
 from .memory import MAX_STEPS, ModelSizes, check_sampling_fits
+from .flow.step_cache import StepCacheConfig
 from .vae.latent_format import LatentFormat, latent_format_for
 
 
@@ -36,6 +37,7 @@ class SampleRequest:
     concat_latent: torch.Tensor | None = None  # Wan2.1 I2V raw image latent [1 or B, C, F, H, W]
     concat_mask: torch.Tensor | None = None   # Wan2.1 I2V mask [1, 1 or 4, F, H, W]: 0 on given frames
     clip_fea: torch.Tensor | None = None      # Wan2.1 I2V CLIP vision tokens [B, 257, 1280]
+    step_cache: StepCacheConfig | None = None  # skip DiT calls adaptively (None: every step runs)
 
 
 @dataclass(frozen=True)
@@ -184,5 +186,6 @@ def sample_video(dit: torch.nn.Module | Sequence[Expert], request: SampleRequest
     out = sample_stages(stages, noise, sigmas.to(device), positive=cast(request.context),
                         negative=cast(request.negative_context), solver=request.solver,
                         latent=x0 if float(sigmas[0]) < 1.0 else None, first_frame=first,
-                        i2v_concat=concat, clip_fea=cast(clip_fea), callback=callback)
+                        i2v_concat=concat, clip_fea=cast(clip_fea), callback=callback,
+                        step_cache=request.step_cache)
     return fmt.denormalize(out)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..core.flow.step_cache import StepCacheConfig
 from .host import HostedModel
 
 MODEL_TYPE = "FLOWDIT_MODEL"   # a Wan-family DiT loaded by FlowDiT
@@ -18,6 +19,7 @@ class ModelHandle:
     hosted: HostedModel          # the DiT module (ModelPatcher inside ComfyUI)
     name: str                    # file name, for messages
     compute_dtype: torch.dtype   # activations dtype on the compute device
+    step_cache: StepCacheConfig | None = None  # set by FlowDiT Step Cache; None = every step runs
 
     @property
     def module(self) -> torch.nn.Module:
@@ -39,6 +41,7 @@ class ExpertPair:
     switch_step: int             # used when switch == "step"
     cfg_high: float | None       # guidance scale on each expert; None: the sampler's cfg
     cfg_low: float | None
+    step_cache: StepCacheConfig | None = None  # set by FlowDiT Step Cache; reset at the switch
 
     @property
     def config(self):

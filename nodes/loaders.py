@@ -58,13 +58,20 @@ class FlowDiTLoader:
                 "default": "sdpa",
                 "tooltip": "Attention kernel. PyTorch SDPA always works; flash-attn and "
                            "SageAttention appear only when installed."}),
+        }, "optional": {
+            "compile": ("BOOLEAN", {
+                "default": False,
+                "tooltip": "torch.compile each transformer block (one compiled block serves all "
+                           "layers). The first run compiles (seconds to a minute) and later runs "
+                           "are faster; a new size compiles once more. Needs a working compiler "
+                           "(Triton on GPUs, a C++ compiler on the CPU)."}),
         }}
 
     @classmethod
     def VALIDATE_INPUTS(cls, model_name=None):
         return host.validate_model_choice("diffusion_models", model_name)
 
-    def load(self, model_name, weight_dtype="default", attention="sdpa"):
+    def load(self, model_name, weight_dtype="default", attention="sdpa", compile=False):
         from ..core.dit.loader import load_dit
 
         path = host.model_path("diffusion_models", model_name)
@@ -73,6 +80,10 @@ class FlowDiTLoader:
         module = load_dit(path, device="cpu", dtype=compute, weight_dtype=WEIGHT_DTYPES[weight_dtype],
                           attention=attention)
         module.eval().requires_grad_(False)
+        if compile:
+            from ..core.dit.compile import compile_blocks
+
+            compile_blocks(module)
         return (ModelHandle(hosted=host.HostedModel(module), name=model_name, compute_dtype=compute),)
 
 

@@ -117,7 +117,7 @@ class FlowDiTSampler:
             noise_mask=latent.get("noise_mask"),
             concat_latent=pos_options.get("concat_latent_image"),
             concat_mask=pos_options.get("concat_mask"),
-            clip_fea=clip_features(pos_options))
+            clip_fea=clip_features(pos_options), step_cache=model.step_cache)
         # The cancel check also runs between the DiT's blocks, so a long step stops within a block.
         out = sample_video(dit, request, device=device, dtype=model.compute_dtype, callback=on_step,
                            cancel=host.check_interrupt)

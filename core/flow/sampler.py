@@ -19,6 +19,7 @@ from .guidance import GuidedVelocity, Schedule
 from .noise import noise_latent
 from .solvers import SamplingCancelled, get_solver
 from .stages import Stage, StagedVelocity, check_stages
+from .step_cache import StepCache, StepCacheConfig
 
 DEFAULT_PATCH = (1, 2, 2)  # Wan's patch, used only when the DiT exposes no config.patch_size
 
@@ -34,7 +35,8 @@ def sample(dit: Callable[..., torch.Tensor], noise: torch.Tensor, sigmas: torch.
            first_frame: torch.Tensor | None = None, i2v_concat: torch.Tensor | None = None,
            clip_fea: torch.Tensor | None = None, batched_cfg: bool = True, pad_context: bool = False,
            callback: Callable[[dict[str, Any]], None] | None = None,
-           should_cancel: Callable[[], bool] | None = None) -> torch.Tensor:
+           should_cancel: Callable[[], bool] | None = None,
+           step_cache: StepCacheConfig | None = None) -> torch.Tensor:
     """Sample a latent [B, C, F, H, W] with the velocity DiT `dit(x, t, context, clip_fea=None)`.
 
     noise [B, C, F, H, W] (see `noise.initial_noise`); sigmas [N + 1] (see `schedules`).
@@ -44,12 +46,13 @@ def sample(dit: Callable[..., torch.Tensor], noise: torch.Tensor, sigmas: torch.
     positive/negative [B or 1, L, D] text contexts; cfg a float, per-step list or sigma -> w.
     callback(info) each step (see `solvers`); should_cancel() is polled before each callback and
     raises SamplingCancelled when true. Raises NonFiniteModelOutput on NaN/inf. The inputs are
-    never modified. The one-stage case of `sample_stages`.
+    never modified. step_cache: skip DiT calls adaptively (`step_cache.StepCache`, per call).
+    The one-stage case of `sample_stages`.
     """
     return sample_stages([Stage(dit, 0.0, cfg)], noise, sigmas, positive=positive, negative=negative,
                          solver=solver, latent=latent, first_frame=first_frame, i2v_concat=i2v_concat,
                          clip_fea=clip_fea, batched_cfg=batched_cfg, pad_context=pad_context,
-                         callback=callback, should_cancel=should_cancel)
+                         callback=callback, should_cancel=should_cancel, step_cache=step_cache)
 
 
 def sample_stages(stages: Sequence[Stage], noise: torch.Tensor, sigmas: torch.Tensor, *,
@@ -58,7 +61,8 @@ def sample_stages(stages: Sequence[Stage], noise: torch.Tensor, sigmas: torch.Te
                   i2v_concat: torch.Tensor | None = None, clip_fea: torch.Tensor | None = None,
                   batched_cfg: bool = True, pad_context: bool = False,
                   callback: Callable[[dict[str, Any]], None] | None = None,
-                  should_cancel: Callable[[], bool] | None = None) -> torch.Tensor:
+                  should_cancel: Callable[[], bool] | None = None,
+                  step_cache: StepCacheConfig | None = None) -> torch.Tensor:
     """Sample with several models over one schedule (Wan2.2 A14B: high- then low-noise expert).
 
     `stages` (see `stages.Stage`): each a DiT, the lower end of its sigma range and its cfg, from
@@ -71,8 +75,11 @@ def sample_stages(stages: Sequence[Stage], noise: torch.Tensor, sigmas: torch.Te
     run_solver = get_solver(solver)
     sigmas = torch.as_tensor(sigmas)
     x = noise if latent is None else noise_latent(latent, noise, float(sigmas.reshape(-1)[0]))
-    guided = [GuidedVelocity(s.dit, positive, negative, s.cfg, sigmas=sigmas, batched=batched_cfg,
-                             pad_context=pad_context, clip_fea=clip_fea, concat=i2v_concat)
+    # The step cache wraps each stage's guided velocity (around CFG, inside the TI2V wrapper); a
+    # stage of its own per expert, so the switch of expert starts a fresh cache.
+    guided = [StepCache.wrap(GuidedVelocity(s.dit, positive, negative, s.cfg, sigmas=sigmas,
+                                            batched=batched_cfg, pad_context=pad_context,
+                                            clip_fea=clip_fea, concat=i2v_concat), step_cache, sigmas)
               for s in stages]
     model = guided[0] if len(stages) == 1 and stages[0].activate is None else \
         StagedVelocity(stages, guided, sigmas)
