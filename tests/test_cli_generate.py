@@ -59,13 +59,17 @@ def bad_cases(tmp: Path):
         "image not an image": (["--image", str(tmp / "notes.md")], "--image"),
         "image missing": (["--image", str(tmp / "missing.png")], "--image"),
         "empty prompt": (["--prompt", " "], "prompt"),
+        "cache negative": (["--cache", "-0.1"], "--cache"),
+        "cache nan": (["--cache", "nan"], "--cache"),
+        "ulysses 0": (["--ulysses", "0"], "--ulysses"),
     }
 
 
 CASES = [
     "cfg nan", "cfg inf", "cfg 0", "out existing folder", "out txt", "out no suffix", "threads -1",
     "threads 0", "frames 16", "steps 0", "steps huge", "solver", "width", "shift nan",
-    "image not an image", "image missing", "empty prompt"]
+    "image not an image", "image missing", "empty prompt", "cache negative", "cache nan",
+    "ulysses 0"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -208,3 +212,28 @@ def test_a_full_disk_fails_the_command_and_keeps_the_old_video(tmp_path):
     assert "could not write" in result.stderr and "left unchanged" in result.stderr
     assert old.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+
+
+@needs_model
+def test_cache_option_skips_dit_calls_and_stays_close_to_the_uncached_clip():
+    """`--cache` (GenerateOptions.cache): fewer DiT forwards than steps, and the clip stays close to
+    the uncached one of the same seed (the model card's curve: ~33 dB mean at 0.4; 25 dB here
+    leaves room for the worst clips); 0 is the uncached path, call for call."""
+    import numpy as np
+
+    from core.default_model import bundle
+    from core.generate import GenerateOptions, generate
+
+    model = bundle.load_default_model("cpu")
+    calls = []
+    hook = model.dit.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        prompt = "a green square moving left on a navy background"
+        plain = generate(GenerateOptions(prompt, steps=20, cache=0.0), model)
+        uncached_calls, calls[:] = len(calls), []
+        cached = generate(GenerateOptions(prompt, steps=20, cache=0.4), model)
+    finally:
+        hook.remove()
+    assert uncached_calls == 20 and len(calls) <= 12, (uncached_calls, len(calls))
+    mse = float(((plain.astype(np.float64) - cached.astype(np.float64)) ** 2).mean())
+    assert 10 * np.log10(255.0 ** 2 / max(mse, 1e-12)) >= 25.0
