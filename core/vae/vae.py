@@ -175,7 +175,9 @@ class WanVAE:
         else:
             shape = (b, self.config.image_channels, self.pixel_frames(f), h * s, w * s)
             out = self._tiled(self.model.decode_stream, latent, (h, w), 1, s, shape, spec, progress)
-        if not bool(torch.isfinite(out).all()):
+        # A sum carries any NaN or infinity through (accumulated in float32, which a video's values
+        # cannot overflow) without a full-size boolean copy of a possibly long video.
+        if not bool(torch.isfinite(out.sum(dtype=torch.float32))):
             raise ValueError("the VAE decoded to NaN or infinite values, not a video; its weights "
                              "are damaged or overflow in this dtype — reload the VAE file, or "
                              "decode in float32")
