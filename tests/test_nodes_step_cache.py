@@ -3,23 +3,24 @@ on a tiny random model in a model folder."""
 import pytest
 import torch
 from safetensors.torch import save_file
+from conftest import use_models_dir
 
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory):
-    from core.dit.config import get_preset
+    from core.dit.config import dit_metadata, get_preset
     from core.dit.random_weights import random_state_dict
 
     root = tmp_path_factory.mktemp("models")
     (root / "diffusion_models").mkdir()
     save_file(random_state_dict(get_preset("tiny-t2v"), seed=1),
-              str(root / "diffusion_models" / "t2v.safetensors"))
+              str(root / "diffusion_models" / "t2v.safetensors"), metadata=dit_metadata(get_preset("tiny-t2v")))
     return root
 
 
 @pytest.fixture()
 def nodes(pack, models_dir, monkeypatch):
-    monkeypatch.setenv("FLOWDIT_MODELS_DIR", str(models_dir))
+    use_models_dir(pack, models_dir, monkeypatch)
     return {name: cls() for name, cls in pack.NODE_CLASS_MAPPINGS.items()}
 
 

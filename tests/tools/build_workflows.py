@@ -37,7 +37,8 @@ def text_nodes(first_id, clip_id, positive, negative=WAN_NEGATIVE):
 def wan_common(dit_file, vae_file, positive, steps, shift, cfg, fps, solver="unipc"):
     """Loader, text, scheduler, decode and save nodes shared by the Wan workflows (ids 1-9)."""
     return [
-        node(1, "FlowDiTLoader", {"model_name": dit_file, "weight_dtype": "default", "attention": "sdpa"}),
+        node(1, "FlowDiTLoader", {"model_name": dit_file, "weight_dtype": "default", "attention": "sdpa",
+                                  "compile": False}),
         node(2, "FlowDiTVAELoader", {"vae_name": vae_file}),
         node(3, "CLIPLoader", {"clip_name": UMT5, "type": "wan", "device": "default"}),
         *text_nodes(4, 3, positive),
@@ -79,9 +80,11 @@ def a14b(kind, positive, *, steps, shift, cfg, solver, switch, size, lora, cfg_h
     width, height, length = size
     mode, value = switch
     nodes = [
-        node(1, "FlowDiTLoader", {"model_name": high, "weight_dtype": "default", "attention": "sdpa"},
+        node(1, "FlowDiTLoader", {"model_name": high, "weight_dtype": "default", "attention": "sdpa",
+                                  "compile": False},
              title="High-noise expert"),
-        node(13, "FlowDiTLoader", {"model_name": low, "weight_dtype": "default", "attention": "sdpa"},
+        node(13, "FlowDiTLoader", {"model_name": low, "weight_dtype": "default", "attention": "sdpa",
+                                  "compile": False},
              title="Low-noise expert"),
         node(2, "FlowDiTVAELoader", {"vae_name": WAN21_VAE}),
         node(3, "CLIPLoader", {"clip_name": UMT5, "type": "wan", "device": "default"}),
@@ -137,7 +140,7 @@ def a14b(kind, positive, *, steps, shift, cfg, solver, switch, size, lora, cfg_h
 WORKFLOWS = {
     "flowdit_default_text_to_video": [
         node(1, "FlowDiTLoader", {"model_name": "flowdit_shapes_dit.safetensors", "weight_dtype": "default",
-                                  "attention": "sdpa"}),
+                                  "attention": "sdpa", "compile": False}),
         node(2, "FlowDiTVAELoader", {"vae_name": "flowdit_shapes_vae.safetensors"}),
         node(3, "FlowDiTTextEncoderLoader", {"text_encoder_name": "flowdit_shapes_text.safetensors"}),
         node(4, "FlowDiTTextEncode", {"text": DEFAULT_PROMPT}, {"text_encoder": (3, 0)}, "Positive prompt"),
