@@ -276,7 +276,7 @@ def check_request_fits(width: int, height: int, length: int, batch: int = 1, *,
     if frames is not None:
         hints.append(f"{frames} frames at {width}x{height}")
     hint = (f"the largest that fits is {' or '.join(hints)}" if hints else
-            f"nothing at this size or length fits; lower both" + (" or the batch" if batch > 1 else ""))
+            "nothing at this size or length fits; lower both" + (" or the batch" if batch > 1 else ""))
     described = estimate.describe()
     if model is LOWER_BOUND:  # the models are not known yet: what the smallest model would need
         described = described.replace("about", "at least", 1)

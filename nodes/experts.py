@@ -5,7 +5,6 @@ The sampler then runs ONE solver over the whole schedule and hands each model ca
 """
 from __future__ import annotations
 
-from . import host
 from .handles import MODEL_TYPE, ExpertPair, ModelHandle
 
 SWITCHES = ["boundary", "step"]

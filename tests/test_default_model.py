@@ -231,7 +231,7 @@ def test_toy_build_runs_every_stage_resumes_and_refuses_other_options(tmp_path):
     from safetensors import safe_open
 
     from core.checkpoint import read_state_dict
-    from core.default_model.build import STAGES, TOY, Work, build
+    from core.default_model.build import STAGES, TOY, build
     from core.dit.model import WanDiT
     from core.text.encoder import load_text_encoder
     from core.vae.loader import load_vae

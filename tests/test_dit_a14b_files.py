@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from core.checkpoint import read_state_dict
-from core.dit import PRESETS, WanDiT, detect_config, get_preset, load_dit, save_dit
+from core.dit import PRESETS, detect_config, get_preset, load_dit, save_dit
 from core.dit.config import DiTConfig, dit_metadata
 from core.dit.random_weights import random_state_dict, write_random_dit
 from core.dit.scaled_fp8 import ScaledFP8Linear, quantize, save_scaled_fp8

@@ -14,7 +14,6 @@ from safetensors.torch import save_file
 
 from core.checkpoint import read_state_dict
 from core.dit import PRESETS, detect_config, get_preset, load_dit
-from core.dit.config import dit_metadata
 from core.dit.random_weights import random_state_dict
 
 REAL_PRESETS = ["wan2.1-t2v-1.3b", "wan2.1-t2v-14b", "wan2.1-i2v-14b", "wan2.2-ti2v-5b",

@@ -39,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))      # timing.py
 from core.dit import available_attention_backends, get_preset, load_dit  # noqa: E402
 from core.dit.loader import parse_dtype  # noqa: E402
 from core.dit.random_weights import random_state_dict  # noqa: E402
-from timing import cpu_bf16_note, interleaved, paired_ratio, peak_rss, spread  # noqa: E402
+from timing import (cpu_bf16_note, import_pack, interleaved, paired_ratio, peak_rss,  # noqa: E402
+                    spread)
 
 # Pixel -> latent strides of the VAEs (frames, height, width): Wan2.1 VAE for 16-channel models,
 # Wan2.2 VAE for the 48-channel TI2V model. Latent frames = (frames - 1) / 4 + 1.
@@ -234,7 +235,6 @@ def build(args, device):
 def whole_paths(args, cfg, sd, device, dtype, latent, context, want):
     """One sampling step (Euler, cfg 5) through ComfyUI's ModelPatcher + sample_custom, and
     through the pack's FlowDiT Sampler node, from the same empty latent, text and seed."""
-    import importlib.util
 
     runners = {}
     # One whole step, noise to data: ComfyUI divides the final latent by (1 - last sigma)
@@ -258,14 +258,7 @@ def whole_paths(args, cfg, sd, device, dtype, latent, context, want):
                                               negative, empty, disable_pbar=True, seed=0)
         runners["comfyui-ModelPatcher step"] = comfy_step
     if want("ours-node step"):
-        root = Path(__file__).resolve().parents[2]
-        name = "flowdit_bench_pack"
-        if name not in sys.modules:
-            spec = importlib.util.spec_from_file_location(
-                name, root / "__init__.py", submodule_search_locations=[str(root)])
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[name] = module
-            spec.loader.exec_module(module)
+        name = import_pack().__name__
         handles = importlib.import_module(f"{name}.nodes.handles")
         host = importlib.import_module(f"{name}.nodes.host")
         sampling = importlib.import_module(f"{name}.nodes.sampling")

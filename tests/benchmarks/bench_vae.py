@@ -42,11 +42,11 @@ from core.vae import preset  # noqa: E402
 from core.vae.config import detect_config  # noqa: E402
 from core.vae.loader import build_vae  # noqa: E402
 from core.vae.model import random_state_dict  # noqa: E402
-from timing import cpu_bf16_note, interleaved, paired_ratio, peak_rss, spread  # noqa: E402
+from timing import (PACK_NAME, cpu_bf16_note, import_pack, interleaved, paired_ratio,  # noqa: E402
+                    peak_rss, spread)
 from vae_paths import reference_paths  # noqa: E402
 
 MiB = 2 ** 20
-PACK_NAME = "flowdit_bench_pack"
 
 
 def dtype_label(dtype: torch.dtype, device: torch.device) -> str:
@@ -92,14 +92,7 @@ def comfy_sd_vae(sd, dtype):
 
 def node_decoder(ours):
     """The pack's VAE Decode node, with a VAE handle as its loader would make (ComfyUI host)."""
-    import importlib.util
-
-    if PACK_NAME not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            PACK_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACK_NAME] = module
-        spec.loader.exec_module(module)
+    import_pack()
     handles = importlib.import_module(f"{PACK_NAME}.nodes.handles")
     host = importlib.import_module(f"{PACK_NAME}.nodes.host")
     vae_nodes = importlib.import_module(f"{PACK_NAME}.nodes.vae_nodes")

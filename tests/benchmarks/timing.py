@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import importlib.util
+import sys
 import statistics
 import time
 from collections.abc import Callable
@@ -82,3 +84,19 @@ def cpu_bf16_note() -> str:
     if not units:
         return "EMULATED: no bf16 matmul units on this CPU"
     return f"CPU lists {', '.join(units)}"
+
+
+PACK_NAME = "flowdit_bench_pack"
+
+
+def import_pack():
+    """The repository imported as a package (as ComfyUI imports a custom_nodes folder), so the
+    benchmarks can time the nodes' own paths."""
+    if PACK_NAME not in sys.modules:
+        root = Path(__file__).resolve().parents[2]
+        spec = importlib.util.spec_from_file_location(
+            PACK_NAME, root / "__init__.py", submodule_search_locations=[str(root)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[PACK_NAME] = module
+        spec.loader.exec_module(module)
+    return sys.modules[PACK_NAME]
