@@ -345,6 +345,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 1
+    if mesh is not None:
+        from .parallel import close_mesh
+
+        close_mesh(mesh)                        # all ranks done before any process exits
     if mesh is not None and not mesh.is_writer:
         return 0                                # rank 0 writes the file; the others write nothing
     path = write_video(frames, args.out, fps=settings.FPS)

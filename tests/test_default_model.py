@@ -263,6 +263,26 @@ def test_toy_build_runs_every_stage_resumes_and_refuses_other_options(tmp_path):
         build(work.root, replace(TOY, seed=1), resume=True, workers=1)
 
 
+def test_resume_accepts_options_added_since_the_build_started(tmp_path):
+    """A build started before a model config grew a field (DiTConfig.image_branch, say) must still
+    resume; a recorded option that changed, at any depth, must still be refused."""
+    import json
+    from dataclasses import replace
+
+    from core.default_model.build import TOY, build
+
+    work = build(tmp_path / "w", TOY, stages=("data",), workers=1)
+    record = json.loads(work["config"].read_text())
+    del record["dit"]["image_branch"]                   # as written by an older version
+    work["config"].write_text(json.dumps(record))
+    build(work.root, TOY, resume=True, stages=("data",), workers=1)
+    record["dit"]["num_layers"] += 1
+    work["config"].write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=r"dit\.num_layers differ"):
+        build(work.root, TOY, resume=True, stages=("data",), workers=1)
+    assert replace(TOY).dit.image_branch is True      # the field this test pretends is new
+
+
 def test_toy_build_vae_stage_is_deterministic_from_the_seed(tmp_path):
     from dataclasses import replace
 

@@ -21,7 +21,7 @@ from PIL import Image
 import torch.multiprocessing as mp
 
 from core.dit import WanDiT, get_preset
-from core.parallel import ParallelDiT, RankFailure, init_mesh, shard_weights
+from core.parallel import ParallelDiT, RankFailure, close_mesh, init_mesh, shard_weights
 from core.parallel.mesh import ParallelMesh, check_heads, check_layout
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +80,7 @@ def _worker(rank, world, port, out, layouts):
                 key = f"u{ulysses}c{int(cfg_parallel)}s{int(sharded)}-{i}"
                 results[key] = dit(x, t, context, clip)
     torch.save(results, out / f"rank{rank}.pt")
+    close_mesh(mesh)        # without it gloo's threads may abort the process as it exits
 
 
 def _free_port() -> int:

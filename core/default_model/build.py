@@ -366,6 +366,21 @@ def _run_stage(work: Work, cfg: BuildConfig, stage: str, workers: int,
     _log(f"{stage}: done in {seconds / 60:.1f} min")
 
 
+def _changed_options(before: dict, now: dict, prefix: str = "") -> list[str]:
+    """Names of the options recorded in `before` whose value differs in `now`, looking inside
+    nested sections; options that `before` does not record are new and ignored."""
+    changed = []
+    for key, old in before.items():
+        if key not in now:
+            continue
+        new = now[key]
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += _changed_options(old, new, f"{prefix}{key}.")
+        elif old != new:
+            changed.append(prefix + key)
+    return sorted(changed)
+
+
 def build(work_dir: Path, cfg: BuildConfig, *, resume: bool = False,
           stages: tuple[str, ...] = STAGES, workers: int = 2, toy: bool = False) -> Work:
     """Run `stages` (in STAGES order; each needs the ones before it done)."""
@@ -375,10 +390,9 @@ def build(work_dir: Path, cfg: BuildConfig, *, resume: bool = False,
         if not resume:
             raise ValueError(f"{work.root} already holds a build; pass --resume to continue it, "
                              f"or choose another --work folder")
-        # Options added to BuildConfig after a build started are not in its record; every option
-        # the record has must match.
-        before, now = json.loads(recorded.read_text()), cfg.to_json()
-        changed = sorted(k for k in before if k in now and before[k] != now[k])
+        # Options added to BuildConfig (or to the model configs inside it) after a build started
+        # are not in its record; every option the record has must match.
+        changed = _changed_options(json.loads(recorded.read_text()), cfg.to_json())
         if changed:
             raise ValueError(f"{work.root} was started with another configuration "
                              f"({', '.join(changed)} differ; see {recorded}); resume with the "

@@ -6,8 +6,8 @@
 
 Every rank runs the same program on the same seeded inputs; only the DiT's forward is split.
 """
-from .mesh import ParallelMesh, RankFailure, init_mesh
+from .mesh import ParallelMesh, RankFailure, close_mesh, init_mesh
 from .parallel_dit import ParallelDiT, shard_weights
 from .ulysses import SequenceShard
 
-__all__ = ["ParallelMesh", "RankFailure", "init_mesh", "ParallelDiT", "SequenceShard", "shard_weights"]
+__all__ = ["ParallelMesh", "RankFailure", "close_mesh", "init_mesh", "ParallelDiT", "SequenceShard", "shard_weights"]

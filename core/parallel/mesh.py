@@ -119,3 +119,15 @@ def init_mesh(ulysses: int = 1, cfg_parallel: bool = False, *,
     return ParallelMesh(ulysses=ulysses, cfg=cfg, rank=rank,
                         ulysses_group=row_groups[rank // ulysses],
                         cfg_group=col_groups[rank % ulysses])
+
+
+def close_mesh(mesh: ParallelMesh | None, *, wait: bool = True) -> None:
+    """Leave the process group cleanly: wait for the other ranks (unless a rank failed), then
+    destroy the group. A process that exits with gloo's worker threads still running can abort
+    in the C++ runtime ("terminate called without an active exception") and so exit with an
+    error after a successful run."""
+    if mesh is None or not dist.is_available() or not dist.is_initialized():
+        return
+    if wait:
+        collective("closing barrier", dist.barrier)
+    dist.destroy_process_group()
