@@ -328,3 +328,36 @@ def test_evaluation_scores_rendered_clips_as_meeting_every_bar():
                 "first_frame", "first_frame_psnr_ok"):
         assert result[key] == 1.0, key
     assert result["shape_iou"] >= 0.9
+
+
+@pytest.mark.parametrize("z_dim", [8, 16])
+def test_vae_export_folds_latents_onto_the_format_the_loaders_pick(tmp_path, z_dim):
+    """After export, `load_vae(...).encode` (raw latents normalised with the format of that width:
+    identity for 8 channels, the published Wan2.1 statistics for 16) has per-channel mean 0 and
+    std 1 on the clips the statistics were measured on; the round trip is unchanged (export checks
+    that itself). Tolerance 1e-3: the fold is exact algebra, computed in fp32."""
+    from core.default_model.export_vae import export, latent_stats
+    from core.default_model.train_vae import init_for_training
+    from core.synthetic.shapes import make_clip, to_tensor
+    from core.train.checkpointing import save_tensors
+    from core.vae.config import VAEConfig
+    from core.vae.latent_format import latent_format_for
+    from core.vae.loader import load_vae
+    from core.vae.model import WanVAEModel
+
+    config = VAEConfig(dim=4, dec_dim=4, z_dim=z_dim, dim_mult=(1, 2, 4, 4), num_res_blocks=1)
+    model = WanVAEModel(config)
+    init_for_training(model, seed=1)
+    save_tensors(model.state_dict(), tmp_path / "raw.safetensors")
+    raw_mean, _ = latent_stats(model, clips=4)
+    assert float(raw_mean.abs().max()) > 0.05            # not already unit-scale: the fold matters
+    export(tmp_path / "raw.safetensors", tmp_path / "vae.safetensors", check_clips=1,
+           vae_config=config, stat_clips=4)
+    vae = load_vae(tmp_path / "vae.safetensors")
+    assert vae.latent_format == latent_format_for(z_dim)
+    x = torch.stack([to_tensor(make_clip(10_000 + i, "train").frames) for i in range(4)])
+    with torch.no_grad():
+        latent = vae.encode(x)
+    flat = latent.transpose(0, 1).reshape(z_dim, -1)
+    torch.testing.assert_close(flat.mean(1), torch.zeros(z_dim), atol=1e-3, rtol=0)
+    torch.testing.assert_close(flat.std(1), torch.ones(z_dim), atol=1e-3, rtol=0)

@@ -52,9 +52,14 @@ NEEDS = {"data": (), "vae": ("data",), "latents": ("vae",), "dit": ("latents",),
 # The DiT of this recipe: Wan layout, 2 heads of 128 (num_heads = dim / 128, as every Wan DiT),
 # 3 blocks; 3.4 M parameters (13 MB in fp32), so that with the VAE (9.7 MB) and the text encoder
 # the three files stay under 25 MB.
-BUILD_DIT = DiTConfig("t2v", in_dim=8, out_dim=8, dim=256, ffn_dim=768, text_dim=64, num_heads=2,
+BUILD_DIT = DiTConfig("t2v", in_dim=16, out_dim=16, dim=256, ffn_dim=768, text_dim=64, num_heads=2,
                       num_layers=3)
-BUILD_VAE = VAEConfig(dim=16, dec_dim=16, z_dim=8, dim_mult=(1, 2, 4, 4), num_res_blocks=1)
+# The VAE: the shipped width (decode speed unchanged) with 16 latent channels instead of 8. Measured
+# on this CPU, same 2,000-step crop schedule, held-out round trip: z 8 23.8 dB, z 16 25.3 dB; the
+# z-8 recipe ends at 28.0 dB after 6,000 steps, with 79% of its squared error on the 5% of pixels
+# at shape edges. Raw latents are folded onto the Wan2.1 statistics (export_vae.fold_to_format),
+# the format every loader picks for 16 channels.
+BUILD_VAE = VAEConfig(dim=16, dec_dim=16, z_dim=16, dim_mult=(1, 2, 4, 4), num_res_blocks=1)
 
 
 @dataclass(frozen=True)
@@ -62,7 +67,7 @@ class BuildConfig:
     """Everything that determines the built model (the seed included)."""
     seed: int = 0
     vae: VAEConfig = BUILD_VAE
-    vae_steps: int = 6000            # end-to-end VAE steps on 17-frame clips, 32x32 crops around
+    vae_steps: int = 10_000          # end-to-end VAE steps on 17-frame clips, 32x32 crops around
     vae_batch: int = 2               # the object (4x cheaper than whole frames)...
     vae_crop: int = 32
     vae_lr: float = 5e-4
@@ -96,9 +101,9 @@ class BuildConfig:
 
 # Seconds-sized: the whole pipeline in a test.
 TOY = BuildConfig(
-    vae=VAEConfig(dim=4, dec_dim=4, z_dim=8, dim_mult=(1, 2, 4, 4), num_res_blocks=1),
+    vae=VAEConfig(dim=4, dec_dim=4, z_dim=16, dim_mult=(1, 2, 4, 4), num_res_blocks=1),
     vae_steps=2, vae_batch=1, vae_whole_steps=1, stat_clips=2, latent_clips=4,
-    dit=DiTConfig("t2v", in_dim=8, out_dim=8, dim=128, ffn_dim=128, text_dim=32, num_heads=1,
+    dit=DiTConfig("t2v", in_dim=16, out_dim=16, dim=128, ffn_dim=128, text_dim=32, num_heads=1,
                   num_layers=1),
     text=TextEncoderConfig(vocab_size=SHAPES_TEXT.vocab_size, dim=32, num_layers=1, num_heads=1,
                            max_len=16),

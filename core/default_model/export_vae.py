@@ -14,6 +14,12 @@ latents (measured on training clips) are folded into the two 1x1x1 latent convol
         conv2(s * mean' + m) = (W diag(s)) mean' + (b + W m)
 
 so decode(encode(x)) is unchanged (checked) and encode(x) has per-channel mean ~0, std ~1.
+
+A VAE of another latent width is read with that width's latent format (`latent_format_for`: a
+z_dim-16 VAE is treated as Wan2.1 latents by this pack and by ComfyUI). Its raw latents are then
+folded onto that format's statistics (M, S) instead: raw' = M + S (raw - m) / s, which is the fold
+above with m' = m - s M / S and s' = s / S. The normalised latents the DiT sees,
+(raw' - M) / S = (raw - m) / s, are unit-scale either way.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ from einops import rearrange
 
 from ..synthetic.shapes import make_clip, to_tensor
 from ..vae.config import VAEConfig
+from ..vae.latent_format import latent_format_for
 from ..vae.model import WanVAEModel
 from .bundle import VAE_PATH
 from .train_vae import SHAPES_VAE
@@ -57,6 +64,16 @@ def fold(model: WanVAEModel, mean: torch.Tensor, std: torch.Tensor) -> None:
     w2 *= std.view(1, z, 1, 1, 1)
 
 
+@torch.no_grad()
+def fold_to_format(model: WanVAEModel, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Fold so that the raw latents follow the statistics of the latent format the loaders pick
+    for this latent width; `mean`, `std`: measured per-channel statistics of the raw latents."""
+    target = latent_format_for(model.config.z_dim)
+    m_target = torch.tensor(target.mean, dtype=mean.dtype)
+    s_target = torch.tensor(target.std, dtype=std.dtype)
+    fold(model, mean - std * m_target / s_target, std / s_target)
+
+
 def export(ckpt: Path, out: Path, check_clips: int = 4, do_fold: bool = True,
            vae_config: VAEConfig = SHAPES_VAE, stat_clips: int = 32) -> dict[str, float]:
     """Load a training checkpoint (or official-key .safetensors), fold, check, save. Returns
@@ -80,7 +97,7 @@ def export(ckpt: Path, out: Path, check_clips: int = 4, do_fold: bool = True,
         before = model.decode_stream(model.encode_stream(x))
     if do_fold:
         mean, std = latent_stats(model, stat_clips)
-        fold(model, mean, std)
+        fold_to_format(model, mean, std)
     with torch.no_grad():
         z = model.encode_stream(x)
         after = model.decode_stream(z)
@@ -93,8 +110,9 @@ def export(ckpt: Path, out: Path, check_clips: int = 4, do_fold: bool = True,
     with torch.no_grad():
         first = vae.decode(vae.encode(x[:, :, :1]))
         video = vae.decode(vae.encode(x))
+        normalised = vae.encode(x)                                        # what the DiT sees
     numbers = {"step": step, "fold_max_change": drift,
-               "latent_mean": float(z.mean()), "latent_std": float(z.std()),
+               "latent_mean": float(normalised.mean()), "latent_std": float(normalised.std()),
                "psnr_video": psnr(video, x), "psnr_first_frame": psnr(first, x[:, :, :1])}
     print(numbers, flush=True)
     return numbers
