@@ -253,6 +253,14 @@ def test_toy_build_runs_every_stage_resumes_and_refuses_other_options(tmp_path):
     assert all(r["n"] == TOY.eval_limit and 0.0 <= r["shape"] <= 1.0 for r in rows)
     timings = work["timings"].read_text().splitlines()
     assert [json.loads(line)["stage"] for line in timings] == list(STAGES)
+    # The DiT trained in TOY.dit_processes DDP processes, to the last step.
+    dit_info = json.loads(work.done_marker("dit").read_text())["info"]
+    assert TOY.dit_processes == 2 and dit_info["processes"] == 2
+    assert dit_info["step"] == TOY.dit_steps
+    assert (work.root / "dit_rank1.log").is_file()
+    # The ranks read the run's whole configuration from the work folder, not from their arguments.
+    from core.default_model.build import BuildConfig
+    assert BuildConfig.from_json(json.loads(work["run_config"].read_text())) == TOY
 
     build(work.root, TOY, resume=True, workers=1)                         # everything skipped
     assert work["timings"].read_text().splitlines() == timings

@@ -9,7 +9,8 @@ Stages, in order (each writes `<work>/state/<stage>.json` when done and is skipp
     vae       train the VAE end to end on 17-frame clips (crops around the object, then whole
               frames), then fold the latent statistics into it -> vae_encoder.safetensors
     latents   encode the training clips once (in `--workers` processes) -> latents.pt
-    dit       DiT + text encoder through the pack's training loop (core.train)
+    dit       DiT + text encoder through the pack's training loop (core.train), in
+              `dit_processes` DDP processes (gloo; each takes a slice of every batch)
     decoder   tune the decoder, encoder frozen: single frames (the TI2V first frame), then only
               the weights the first frame never reaches (later frames); runs in a second process
               beside `dit` when --workers >= 2 (the latents do not change)
@@ -84,6 +85,8 @@ class BuildConfig:
     dit_warmup: int = 200
     dit_ema: float = 0.999
     dit_checkpoint_every: int = 250
+    dit_processes: int = 2           # DDP ranks (gloo), each a slice of every batch of dit_batch;
+                                     # part of the recipe: each rank draws its own noise
     tune_clips: int = 400            # cached clips (and 8 frames of each) for the decoder tuning
     tune_image_steps: int = 3000     # phase 1: whole single frames (TI2V first frame)
     tune_video_steps: int = 1500     # phase 2: later frames only (the first frame is kept)
@@ -98,6 +101,16 @@ class BuildConfig:
     def to_json(self) -> dict:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
+    @classmethod
+    def from_json(cls, data: dict) -> BuildConfig:
+        """The inverse of `to_json` (JSON lists back to tuples, nested configs rebuilt)."""
+        def tuples(value):
+            return tuple(tuples(v) for v in value) if isinstance(value, list) else value
+
+        nested = {"vae": VAEConfig, "dit": DiTConfig, "text": TextEncoderConfig}
+        return cls(**{k: nested[k](**{n: tuples(v) for n, v in value.items()}) if k in nested
+                      else tuples(value) for k, value in data.items()})
+
 
 # Seconds-sized: the whole pipeline in a test.
 TOY = BuildConfig(
@@ -107,7 +120,7 @@ TOY = BuildConfig(
                   num_layers=1),
     text=TextEncoderConfig(vocab_size=SHAPES_TEXT.vocab_size, dim=32, num_layers=1, num_heads=1,
                            max_len=16),
-    dit_steps=2, dit_batch=2, dit_warmup=1, dit_checkpoint_every=1, tune_clips=2,
+    dit_steps=2, dit_batch=2, dit_warmup=1, dit_checkpoint_every=1, dit_processes=2, tune_clips=2,
     tune_image_steps=2, tune_video_steps=2, tune_heldout=(1, 1), eval_seeds=1, eval_limit=2,
     eval_settings=(("T2V", "euler", 2), ("TI2V", "euler", 2)))
 
@@ -121,7 +134,8 @@ class Work:
     def __post_init__(self) -> None:
         r = self.root
         self.files = {
-            "config": r / "config.json", "timings": r / "timings.jsonl", "data": r / "data.json",
+            "config": r / "config.json", "run_config": r / "state" / "run_config.json",
+            "timings": r / "timings.jsonl", "data": r / "data.json",
             "vae_run": r / "vae", "vae_crops": r / "vae_crops.safetensors",
             "vae_whole_run": r / "vae_whole", "vae": r / "vae_encoder.safetensors",
             "latents": r / "latents.pt", "dit_run": r / "dit",
@@ -246,7 +260,32 @@ def run_latent_shard(work: Work, cfg: BuildConfig, shard: int, workers: int) -> 
                   work.root / f"latents_shard{shard}of{workers}.pt", shard=(shard, workers))
 
 
-def stage_dit(work: Work, cfg: BuildConfig) -> dict:
+def stage_dit(work: Work, cfg: BuildConfig, argv_base: list[str]) -> dict:
+    """Train the DiT, in `cfg.dit_processes` DDP processes (this process waits for them)."""
+    if cfg.dit_processes == 1:
+        return run_dit_rank(work, cfg)
+    result = work.root / "dit_result.json"
+    result.unlink(missing_ok=True)
+    port = _free_port()
+    procs = []
+    for rank in range(cfg.dit_processes):
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "WORLD_SIZE": str(cfg.dit_processes)}
+        procs.append(_spawn(argv_base + ["--stage", "dit", "--dit-rank", str(rank)],
+                            work.root / f"dit_rank{rank}.log", env=env))
+    try:
+        _wait(procs)
+    finally:
+        for p in procs:                   # one rank failed: do not leave the others waiting
+            if p.poll() is None:
+                p.kill()
+    return json.loads(result.read_text())
+
+
+def run_dit_rank(work: Work, cfg: BuildConfig) -> dict:
+    """One process's part of the DiT stage (all of it when WORLD_SIZE is unset); rank 0
+    writes `dit_result.json` for the process that started the ranks."""
     from ..train import TrainConfig
     from .train_dit import train_shapes
 
@@ -257,7 +296,10 @@ def stage_dit(work: Work, cfg: BuildConfig) -> dict:
                          mixed_precision="no", device="cpu", output_dir=str(work["dit_run"]),
                          progress=False)
     result = train_shapes(work["latents"], config, cfg.dit, cfg.text, resume=True)
-    return {"step": result.step, "loss": result.loss}
+    info = {"step": result.step, "loss": result.loss, "processes": cfg.dit_processes}
+    if int(os.environ.get("RANK", "0")) == 0:
+        _write_json(work.root / "dit_result.json", info)
+    return info
 
 
 def stage_decoder(work: Work, cfg: BuildConfig) -> dict:
@@ -327,12 +369,20 @@ def stage_evaluate(work: Work, cfg: BuildConfig) -> dict:
 
 # ----- orchestration -----------------------------------------------------------------------------
 
-def _spawn(args: list[str], log: Path) -> subprocess.Popen:
+def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as f:
         return subprocess.Popen([sys.executable, "-m", "core.default_model.build", *args],
-                                stdout=f, stderr=subprocess.STDOUT,
+                                stdout=f, stderr=subprocess.STDOUT, env=env,
                                 cwd=str(Path(__file__).resolve().parents[2]))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _wait(procs: list[subprocess.Popen]) -> None:
@@ -355,7 +405,7 @@ def _run_stage(work: Work, cfg: BuildConfig, stage: str, workers: int,
     elif stage == "latents":
         info = stage_latents(work, cfg, workers, argv_base)
     elif stage == "dit":
-        info = stage_dit(work, cfg)
+        info = stage_dit(work, cfg, argv_base)
     elif stage == "decoder":
         info = stage_decoder(work, cfg)
     elif stage == "export":
@@ -404,6 +454,9 @@ def build(work_dir: Path, cfg: BuildConfig, *, resume: bool = False,
                              f"same options (--seed, --toy), or use another --work folder")
     else:
         _write_json(recorded, cfg.to_json())
+    # The whole configuration of this run (the record above may predate some options), for the
+    # processes this one starts: they read it instead of rebuilding it from their arguments.
+    _write_json(work["run_config"], cfg.to_json())
     check_data(work, cfg)
     argv_base = ["--work", str(work.root), "--resume", "--seed", str(cfg.seed),
                  "--workers", str(workers)] + (["--toy"] if toy else [])
@@ -438,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="processes for parallel stages (latents, decoder beside dit)")
     parser.add_argument("--toy", action="store_true", help="seconds-sized models (tests)")
     parser.add_argument("--shard", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--dit-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     stages = tuple(s.strip() for s in args.stage.split(",") if s.strip())
     unknown = [s for s in stages if s not in STAGES]
@@ -447,8 +501,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     cfg = dataclasses.replace(TOY if args.toy else BuildConfig(), seed=args.seed)
     try:
-        if args.shard is not None:
-            run_latent_shard(Work(Path(args.work)), cfg, args.shard, args.workers)
+        if args.shard is not None or args.dit_rank is not None:    # started by a build process
+            work = Work(Path(args.work))
+            cfg = BuildConfig.from_json(json.loads(work["run_config"].read_text()))
+            if args.shard is not None:
+                run_latent_shard(work, cfg, args.shard, args.workers)
+            else:
+                run_dit_rank(work, cfg)
             return 0
         build(Path(args.work), cfg, resume=args.resume, stages=stages, workers=args.workers,
               toy=args.toy)
