@@ -291,6 +291,22 @@ def test_resume_accepts_options_added_since_the_build_started(tmp_path):
     assert replace(TOY).dit.image_branch is True      # the field this test pretends is new
 
 
+def test_a_second_build_in_the_same_folder_is_refused_while_one_runs(tmp_path):
+    """The command run twice: the second must stop with a message, not train into the same
+    checkpoints; once the first has ended, the folder can be resumed."""
+    fcntl = pytest.importorskip("fcntl")
+    from core.default_model.build import TOY, build
+
+    folder = tmp_path / "w"
+    folder.mkdir()
+    with open(folder / "build.lock", "a") as held:       # what a running build holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ValueError, match="another build is running"):
+            build(folder, TOY, stages=("data",), workers=1)
+    assert not (folder / "config.json").exists()         # refused before writing anything
+    build(folder, TOY, stages=("data",), workers=1)
+
+
 def test_toy_build_vae_stage_is_deterministic_from_the_seed(tmp_path):
     from dataclasses import replace
 

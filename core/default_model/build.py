@@ -29,6 +29,7 @@ Reuses the stage code of `train_vae`, `export_vae`, `tune_decoder`, `train_dit` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -436,10 +437,37 @@ def _changed_options(before: dict, now: dict, prefix: str = "") -> list[str]:
     return sorted(changed)
 
 
+@contextlib.contextmanager
+def _only_build_in(folder: Path):
+    """Hold an exclusive lock on `folder` for one build: a second build started in the same work
+    folder (the command run twice) would train into the same checkpoints. The lock goes with the
+    process, however it ends. Where the OS has no `fcntl` (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "build.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ValueError(f"another build is running in {folder} (it holds "
+                             f"{folder / 'build.lock'}); wait for it, or stop it and resume "
+                             f"with --resume") from None
+        yield
+
+
 def build(work_dir: Path, cfg: BuildConfig, *, resume: bool = False,
           stages: tuple[str, ...] = STAGES, workers: int = 2, toy: bool = False) -> Work:
     """Run `stages` (in STAGES order; each needs the ones before it done)."""
-    work = Work(Path(work_dir))
+    with _only_build_in(Path(work_dir)):
+        return _build(Path(work_dir), cfg, resume, stages, workers, toy)
+
+
+def _build(work_dir: Path, cfg: BuildConfig, resume: bool, stages: tuple[str, ...],
+           workers: int, toy: bool) -> Work:
+    work = Work(work_dir)
     recorded = work["config"]
     if recorded.is_file():
         if not resume:
