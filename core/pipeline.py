@@ -100,6 +100,8 @@ def i2v_channels(fmt: LatentFormat, concat_latent: torch.Tensor, concat_mask: to
     return torch.cat([given.to(image).expand(b, -1, -1, -1, -1), image], dim=1)
 
 
+@torch.no_grad()   # sampling never needs gradients; without this a caller outside ComfyUI's
+                   # inference mode would keep every step's activations alive
 def sample_video(dit: torch.nn.Module | Sequence[Expert], request: SampleRequest, *,
                  device: torch.device, dtype: torch.dtype = torch.float32,
                  callback: Callable[[dict[str, Any]], None] | None = None,
@@ -148,7 +150,8 @@ def sample_video(dit: torch.nn.Module | Sequence[Expert], request: SampleRequest
     if not bool(torch.isfinite(samples).all()):
         raise ValueError("the input latent contains NaN or infinite values; re-encode the video "
                          "or start from Empty FlowDiT Video Latent")
-    fmt = latent_format_for(cfg.out_dim)
+    # The format the model's file names (the pack's own models), else that of its latent width.
+    fmt = getattr(experts[0].dit, "latent_format", None) or latent_format_for(cfg.out_dim)
     x0 = fmt.normalize(samples)
     noise = initial_noise(x0.shape, request.seed, device=device, dtype=torch.float32)
     first = None

@@ -180,12 +180,14 @@ class Progress:
         return callback
 
 
-def make_previewer(latent_channels: int):
+def make_previewer(latent_channels: int, latent_format=None):
     """A function normalised latent -> preview tuple for ComfyUI's progress bar, or None.
 
-    The Wan formats (16 / 48 channels) use ComfyUI's own previewer (its latent->RGB factors, or
-    whatever preview method the user chose); other formats use the core's `preview_rgb` factors
-    where the format has them (the pack's default model). Outside ComfyUI there are no previews.
+    A model whose file names its own latent format with preview factors (`latent_format`, the
+    pack's own models) is previewed with those. Otherwise the Wan formats (16 / 48 channels) use
+    ComfyUI's own previewer (its latent->RGB factors, or whatever preview method the user chose);
+    other formats use the core's `preview_rgb` factors where the format has them. Outside ComfyUI
+    there are no previews.
     """
     if not HAVE_COMFY:
         return None
@@ -194,14 +196,15 @@ def make_previewer(latent_channels: int):
         import latent_preview
     except ImportError:
         return None
+    own = latent_format is not None and latent_format.rgb_factors is not None
     fmt = {16: getattr(formats, "Wan21", None), 48: getattr(formats, "Wan22", None)}.get(latent_channels)
-    if fmt is not None:
+    if fmt is not None and not own:
         previewer = latent_preview.get_previewer(torch_device(), fmt())
         return None if previewer is None else (
             lambda x0: previewer.decode_latent_to_preview_image("JPEG", x0))
     from ..core.vae.latent_format import latent_format_for
 
-    core_format = latent_format_for(latent_channels)
+    core_format = latent_format if own else latent_format_for(latent_channels)
     if core_format.rgb_factors is None or latent_preview.args.preview_method == _no_previews():
         return None
 

@@ -104,7 +104,8 @@ class FlowDiTSampler:
         else:
             dit, device = model.module, model.hosted.prepare()
         bar = host.Progress(max(len(sigmas) - 1, 1))
-        preview = host.make_previewer(model.config.out_dim)
+        preview = host.make_previewer(model.config.out_dim, getattr(dit, "latent_format", None)
+                                      if not pair else None)
 
         def on_step(info):
             host.check_interrupt()

@@ -168,3 +168,25 @@ def test_default_model_previews_when_enabled(comfy, pack, monkeypatch):
     preview = pack.nodes.host.make_previewer(8)
     kind, image, size = preview(torch.randn(1, 8, 5, 8, 8))
     assert kind == "JPEG" and image.size == (8, 8) and size > 0
+
+
+def test_a_model_naming_its_own_latent_format_is_previewed_with_its_factors(comfy, pack,
+                                                                           monkeypatch):
+    """A 16-channel model whose file names its own format (the pack's default model) is previewed
+    with that format's factors, not ComfyUI's Wan2.1 ones; a plain 16-channel model with ComfyUI's."""
+    import numpy as np
+    from comfy.cli_args import LatentPreviewMethod, args
+
+    fmt_module = pack.core.vae.latent_format
+    monkeypatch.setattr(pack.nodes.host, "HAVE_COMFY", True)
+    monkeypatch.setattr(args, "preview_method", LatentPreviewMethod.Latent2RGB)
+    g = torch.Generator().manual_seed(0)
+    own = fmt_module.LatentFormat("own16", fmt_module.WAN21.mean, fmt_module.WAN21.std,
+                                  rgb_factors=tuple(tuple(r) for r in
+                                                    (0.3 * torch.randn(16, 3, generator=g)).tolist()))
+    latent = torch.randn(1, 16, 2, 4, 6, generator=g)
+    _, image, _ = pack.nodes.host.make_previewer(16, own)(latent)
+    expected = ((own.preview_rgb(latent) + 1.0) * 127.5).round().to(torch.uint8).numpy()
+    assert np.array_equal(np.asarray(image), expected)
+    _, comfy_image, _ = pack.nodes.host.make_previewer(16, None)(latent)
+    assert not np.array_equal(np.asarray(comfy_image.convert("RGB").resize((6, 4))), expected)

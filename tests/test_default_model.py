@@ -244,6 +244,10 @@ def test_toy_build_runs_every_stage_resumes_and_refuses_other_options(tmp_path):
         assert f.metadata()["num_heads"] == str(TOY.dit.num_heads)
     WanDiT(TOY.dit).load_state_dict(read_state_dict(dit_path))          # strict: every key
     vae = load_vae(vae_path)
+    # Both files name the same latent format, with preview factors (see test_latent_format_metadata).
+    from core.dit.loader import load_dit
+    assert vae.latent_format.rgb_factors is not None
+    assert load_dit(dit_path).latent_format == vae.latent_format
     assert vae.latent_channels == TOY.dit.in_dim
     assert load_text_encoder(text_path).config.dim == TOY.dit.text_dim
     rows = json.loads(work["eval_json"].read_text())
@@ -378,10 +382,26 @@ def test_vae_export_folds_latents_onto_the_format_the_loaders_pick(tmp_path, z_d
     export(tmp_path / "raw.safetensors", tmp_path / "vae.safetensors", check_clips=1,
            vae_config=config, stat_clips=4)
     vae = load_vae(tmp_path / "vae.safetensors")
-    assert vae.latent_format == latent_format_for(z_dim)
     x = torch.stack([to_tensor(make_clip(10_000 + i, "train").frames) for i in range(4)])
     with torch.no_grad():
         latent = vae.encode(x)
     flat = latent.transpose(0, 1).reshape(z_dim, -1)
     torch.testing.assert_close(flat.mean(1), torch.zeros(z_dim), atol=1e-3, rtol=0)
     torch.testing.assert_close(flat.std(1), torch.ones(z_dim), atol=1e-3, rtol=0)
+    # The file names its format: the statistics of its width, plus preview factors fitted by
+    # least squares on frames 0..47. Through `preview_rgb` (its conventions: normalised latent in,
+    # denormalised, times the factors, plus the bias) they must reproduce a least-squares fit on
+    # those frames: below the error of the best constant colour (the bias alone) by construction.
+    fmt = vae.latent_format
+    assert (fmt.mean, fmt.std) == (latent_format_for(z_dim).mean, latent_format_for(z_dim).std)
+    frames = torch.stack([to_tensor(make_clip(seed, "train", frames=1).frames)
+                          for seed in range(48)])                           # [48, 3, 1, 64, 64]
+    with torch.no_grad():
+        latent = vae.encode(frames)
+    s = vae.spatial_stride
+    truth = frames.reshape(48, 3, 64 // s, s, 64 // s, s).mean(dim=(3, 5)).permute(0, 2, 3, 1)
+    preview = torch.stack([fmt.preview_rgb(latent[i:i + 1]) for i in range(48)])  # [48, h, w, 3]
+    fitted = float((preview - truth).pow(2).mean())
+    constant = float((truth - truth.mean(dim=(0, 1, 2))).pow(2).mean())
+    print(f"preview fit: mse {fitted:.4f} against {constant:.4f} for one colour")
+    assert fitted < 0.9 * constant, (fitted, constant)

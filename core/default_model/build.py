@@ -326,10 +326,14 @@ def stage_decoder(work: Work, cfg: BuildConfig) -> dict:
 def stage_export(work: Work, cfg: BuildConfig) -> dict:
     import shutil
 
+    from ..vae.loader import load_vae
     from .train_dit import export
 
     dit_path, vae_path, text_path = work.exported()
-    export(work["dit_run"], dit_path, text_path, dit_config=cfg.dit, text_config=cfg.text)
+    # The DiT file names the latent format its VAE names (the same previews in both places).
+    fmt = load_vae(work["decoder2_out"]).latent_format
+    export(work["dit_run"], dit_path, text_path, dit_config=cfg.dit, text_config=cfg.text,
+           latent_format=fmt)
     vae_path.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(work["decoder2_out"], vae_path.with_name(vae_path.name + ".tmp"))
     os.replace(vae_path.with_name(vae_path.name + ".tmp"), vae_path)

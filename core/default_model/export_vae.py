@@ -31,7 +31,7 @@ from einops import rearrange
 
 from ..synthetic.shapes import make_clip, to_tensor
 from ..vae.config import VAEConfig
-from ..vae.latent_format import latent_format_for
+from ..vae.latent_format import LatentFormat, format_metadata, latent_format_for
 from ..vae.model import WanVAEModel
 from .bundle import VAE_PATH
 from .train_vae import SHAPES_VAE
@@ -74,6 +74,26 @@ def fold_to_format(model: WanVAEModel, mean: torch.Tensor, std: torch.Tensor) ->
     fold(model, mean - std * m_target / s_target, std / s_target)
 
 
+@torch.no_grad()
+def preview_format(model: WanVAEModel, frames: int = 48) -> LatentFormat:
+    """The latent format of this (folded) VAE, with live-preview factors: the statistics of the
+    format the loaders pick for its width, and a least-squares linear map from each raw latent
+    cell (single-frame encode) to the mean RGB of its pixel block, fitted on `frames` procedural
+    frames (first frames of training clips 0..frames-1)."""
+    base = latent_format_for(model.config.z_dim)
+    x = torch.stack([to_tensor(make_clip(seed, "train", frames=1).frames) for seed in range(frames)])
+    raw = model.encode_stream(x)                                         # [n, z, 1, h, w]
+    n, z, _, h, w = raw.shape
+    blocks = x.reshape(n, 3, 1, h, x.shape[-2] // h, w, x.shape[-1] // w).mean(dim=(4, 6))
+    design = torch.cat([rearrange(raw, "n z f h w -> (n f h w) z"),
+                        torch.ones(n * h * w, 1)], dim=1).double()
+    target = rearrange(blocks, "n c f h w -> (n f h w) c").double()
+    solution = torch.linalg.lstsq(design, target).solution               # [z + 1, 3]
+    return LatentFormat(name=f"flowdit-shapes-{z}", mean=base.mean, std=base.std,
+                        rgb_factors=tuple(tuple(row) for row in solution[:z].tolist()),
+                        rgb_bias=tuple(solution[z].tolist()))
+
+
 def export(ckpt: Path, out: Path, check_clips: int = 4, do_fold: bool = True,
            vae_config: VAEConfig = SHAPES_VAE, stat_clips: int = 32) -> dict[str, float]:
     """Load a training checkpoint (or official-key .safetensors), fold, check, save. Returns
@@ -104,8 +124,9 @@ def export(ckpt: Path, out: Path, check_clips: int = 4, do_fold: bool = True,
     drift = float((after - before).abs().max())
     if drift > 1e-3:
         raise AssertionError(f"folding changed decode(encode(x)) by {drift}")
+    fmt = preview_format(model)     # named in the file, so previews use this VAE's own factors
     save_tensors(model.state_dict(), out, metadata={"flowdit": "default model VAE (Wan2.1 layout)",
-                                                     "step": str(step)})
+                                                     "step": str(step), **format_metadata(fmt)})
     vae = load_vae(out)                                                  # the generic loader
     with torch.no_grad():
         first = vae.decode(vae.encode(x[:, :, :1]))

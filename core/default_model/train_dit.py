@@ -28,6 +28,7 @@ from ..synthetic.shapes import make_clip, to_tensor
 from ..text.encoder import TextEncoder, TextEncoderConfig, save_text_encoder
 from ..train import TrainConfig, flow_matching_loss, train
 from ..train.checkpointing import latest_checkpoint, read_checkpoint, save_tensors
+from ..vae.latent_format import LatentFormat, format_metadata
 from .bundle import DIT_PATH, SHAPES_DIT, SHAPES_TEXT, TEXT_PATH, VOCABULARY
 from .train_vae import _save
 
@@ -124,9 +125,11 @@ def train_shapes(latents: Path, config: TrainConfig, dit_config: DiTConfig = SHA
 
 def export(run_dir: Path, dit_path: Path = DIT_PATH, text_path: Path = TEXT_PATH,
            use_ema: bool = True, dit_config: DiTConfig = SHAPES_DIT,
-           text_config: TextEncoderConfig = SHAPES_TEXT) -> None:
+           text_config: TextEncoderConfig = SHAPES_TEXT,
+           latent_format: LatentFormat | None = None) -> None:
     """The newest checkpoint's (EMA) weights -> the shipped DiT and text encoder files. The DiT
-    file records its head count in the metadata (`num_heads`): no key stores it."""
+    file records its head count in the metadata (`num_heads`): no key stores it; and, when given,
+    the latent format of the VAE it was trained with (`latent_format`, for previews)."""
     ckpt = latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None:
         raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'}")
@@ -137,8 +140,10 @@ def export(run_dir: Path, dit_path: Path = DIT_PATH, text_path: Path = TEXT_PATH
     dit_sd = {k: v for k, v in model.dit.state_dict().items()}
     dit_path.parent.mkdir(parents=True, exist_ok=True)
     text_path.parent.mkdir(parents=True, exist_ok=True)
+    extra = {} if latent_format is None else format_metadata(latent_format)
     save_tensors(dit_sd, dit_path, metadata={"flowdit": "default model DiT",
-                                             "step": str(state["step"]), **dit_metadata(dit_config)})
+                                             "step": str(state["step"]), **dit_metadata(dit_config),
+                                             **extra})
     save_text_encoder(model.text, text_path)
     print(f"exported step {state['step']} ({'EMA' if chosen is ema else 'raw'}) to {dit_path} "
           f"and {text_path}")

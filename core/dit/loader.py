@@ -11,6 +11,7 @@ from types import MappingProxyType
 import torch
 
 from ..checkpoint import find_non_finite, read_metadata, read_state_dict, strip_prefix, summarize_keys
+from ..vae.latent_format import format_from_metadata
 from .config import MARKER_KEY, DiTConfig, detect_config, dit_metadata, num_heads_from_metadata
 from .model import WanDiT
 from .scaled_fp8 import (WEIGHT_SCALE, dequantize, install_scaled_layers, is_scaled_fp8,
@@ -114,6 +115,13 @@ def load_dit(path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor],
                          f"damaged — download it again")
     if fp8_matmul:
         set_fp8_matmul(model, True)
+    if not isinstance(path_or_state_dict, Mapping):     # a file may name its own latent format
+        name = os.path.basename(os.fspath(path_or_state_dict))
+        model.latent_format = format_from_metadata(read_metadata(path_or_state_dict), name)
+        if model.latent_format is not None and model.latent_format.channels != config.out_dim:
+            raise ValueError(f"{name}: its latent format {model.latent_format.name!r} has "
+                             f"{model.latent_format.channels} channels but the DiT outputs "
+                             f"{config.out_dim}; the file is inconsistent")
     return model.eval()
 
 

@@ -86,6 +86,9 @@ class WanDiT(nn.Module):
         get_attention_backend(attention)  # fail now, not at the first forward
         self.config = config
         self.compute_dtype = compute_dtype
+        # The latent format this model was trained on, when its file names one (load_dit);
+        # None: the published format of its latent width (latent_format_for(config.out_dim)).
+        self.latent_format = None
         self.attention = attention
         ops, factory, dim = operations, {"device": device, "dtype": dtype}, config.dim
         self.patch_embedding = ops.Conv3d(config.in_dim, dim, kernel_size=config.patch_size,

@@ -9,7 +9,9 @@ appear in ComfyUI's `latent_formats.Wan21` / `Wan22`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 
 import torch
 from einops import rearrange
@@ -115,3 +117,33 @@ def latent_format_for(z_dim: int) -> LatentFormat:
     """The statistics for a latent width: 16 -> Wan2.1, 48 -> Wan2.2 (published), 8 -> the pack's
     own default model (identity statistics, with preview factors); others: identity."""
     return {16: WAN21, 48: WAN22, 8: FLOWDIT_SHAPES}.get(z_dim) or identity_format(z_dim)
+
+
+# A weights file may name its own latent format in its safetensors metadata, under this key, as
+# JSON {"name", "mean", "std", optional "rgb_factors", "rgb_bias"}: a model whose latent width
+# matches a published format's (16 channels: Wan2.1) but whose previews need other factors.
+METADATA_KEY = "latent_format"
+
+
+def format_metadata(fmt: LatentFormat) -> dict[str, str]:
+    """The metadata entry that makes a loader read `fmt` back (`format_from_metadata`)."""
+    return {METADATA_KEY: json.dumps(asdict(fmt))}
+
+
+def format_from_metadata(metadata: Mapping[str, str], source: str = "file") -> LatentFormat | None:
+    """The latent format a file's metadata names, or None when it names none. ValueError, naming
+    `source`, for an entry that is not a valid format."""
+    text = metadata.get(METADATA_KEY)
+    if text is None:
+        return None
+    try:
+        spec = json.loads(text)
+        rgb = spec.get("rgb_factors")
+        return LatentFormat(
+            name=str(spec["name"]), mean=tuple(float(v) for v in spec["mean"]),
+            std=tuple(float(v) for v in spec["std"]),
+            rgb_factors=None if rgb is None else tuple(tuple(float(v) for v in row) for row in rgb),
+            rgb_bias=tuple(float(v) for v in spec.get("rgb_bias", (0.0, 0.0, 0.0))))
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        raise ValueError(f"{source}: its {METADATA_KEY!r} metadata is not a valid latent format "
+                         f"({err}); the file is damaged or was written by another tool") from err

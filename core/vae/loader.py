@@ -3,7 +3,8 @@
 Accepts the official `Wan2.1_VAE.pth` / `Wan2.2_VAE.pth` (read with weights_only=True) and
 ComfyUI's `wan_2.1_vae.safetensors` / `wan2.2_vae.safetensors`; the configuration is detected
 from the key names and shapes. The network is built on the meta device and the weights are
-assigned (no second copy, no random init).
+assigned (no second copy, no random init). A safetensors file may name its own latent format in
+its metadata (`latent_format.METADATA_KEY`); otherwise its latent width picks the format.
 """
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from collections.abc import Mapping
 
 import torch
 
-from ..checkpoint import find_non_finite, read_state_dict, strip_prefix, summarize_keys
+from ..checkpoint import (find_non_finite, read_metadata, read_state_dict, strip_prefix,
+                          summarize_keys)
 from .config import MARKER_KEY, VAEConfig, detect_config
+from .latent_format import LatentFormat, format_from_metadata
 from .model import WanVAEModel
 from .vae import WanVAE
 
@@ -28,8 +31,10 @@ def _default_dtype(sd: Mapping[str, torch.Tensor], device: torch.device) -> torc
 
 
 def build_vae(config: VAEConfig, state_dict: Mapping[str, torch.Tensor],
-              device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> WanVAE:
-    """A WanVAE of `config` holding `state_dict` (official key names, loaded strictly)."""
+              device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+              latent_format: LatentFormat | None = None) -> WanVAE:
+    """A WanVAE of `config` holding `state_dict` (official key names, loaded strictly), with
+    `latent_format` (default: the published format of its latent width)."""
     device = torch.device(device)
     dtype = dtype or _default_dtype(state_dict, device)
     if not dtype.is_floating_point:
@@ -50,7 +55,7 @@ def build_vae(config: VAEConfig, state_dict: Mapping[str, torch.Tensor],
         model.load_state_dict(weights, strict=True, assign=True)
     except RuntimeError as err:  # shape mismatches: a damaged or inconsistent file
         raise ValueError(f"the state dict does not fit a {config}: {err}") from err
-    return WanVAE(model)
+    return WanVAE(model, latent_format)
 
 
 def load_vae(path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor],
@@ -60,10 +65,16 @@ def load_vae(path_or_state_dict: str | os.PathLike | Mapping[str, torch.Tensor],
     Raises ValueError (naming the file and what was expected) for foreign or damaged files.
     """
     sd = strip_prefix(read_state_dict(path_or_state_dict, "cpu"), marker_key=MARKER_KEY)
+    name = (os.path.basename(os.fspath(path_or_state_dict))
+            if not isinstance(path_or_state_dict, Mapping) else "state dict")
     try:
         config = detect_config(sd)
     except ValueError as err:
-        name = (os.path.basename(os.fspath(path_or_state_dict))
-                if not isinstance(path_or_state_dict, Mapping) else "state dict")
         raise ValueError(f"{name}: not a Wan VAE checkpoint ({err})") from err
-    return build_vae(config, sd, device, dtype)
+    fmt = None
+    if not isinstance(path_or_state_dict, Mapping):     # a file may name its own latent format
+        fmt = format_from_metadata(read_metadata(path_or_state_dict), name)
+        if fmt is not None and fmt.channels != config.z_dim:
+            raise ValueError(f"{name}: its latent format {fmt.name!r} has {fmt.channels} channels "
+                             f"but the VAE has {config.z_dim}; the file is inconsistent")
+    return build_vae(config, sd, device, dtype, fmt)
