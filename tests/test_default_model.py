@@ -405,3 +405,21 @@ def test_vae_export_folds_latents_onto_the_format_the_loaders_pick(tmp_path, z_d
     constant = float((truth - truth.mean(dim=(0, 1, 2))).pow(2).mean())
     print(f"preview fit: mse {fitted:.4f} against {constant:.4f} for one colour")
     assert fitted < 0.9 * constant, (fitted, constant)
+
+
+def test_edge_loss_sees_where_edges_are_not_what_colour_they_have():
+    """edge_l1: 0 for the same video and for one offset by a constant (same edges); positive when
+    the edge is blurred or moved; by hand on a one-row step edge."""
+    from core.default_model.train_vae import edge_l1
+
+    step = torch.zeros(1, 1, 1, 4, 4)
+    step[..., 2:] = 1.0                                     # a vertical edge between columns 1, 2
+    assert float(edge_l1(step, step)) == 0.0
+    assert float(edge_l1(step + 0.25, step)) == 0.0           # 0.25: exact in binary
+    blurred = step.clone()
+    blurred[..., 1] = 0.5                                   # the jump split over two columns
+    # dx differences: columns (0,1): 0.5 vs 0; (1,2): 0.5 vs 1; (2,3): 0 vs 0 -> mean 1/3; dy: 0.
+    assert float(edge_l1(blurred, step)) == pytest.approx(0.5 * (1 / 3))
+    moved = torch.zeros_like(step)
+    moved[..., 3:] = 1.0
+    assert float(edge_l1(moved, step)) > 0.0
