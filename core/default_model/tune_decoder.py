@@ -57,7 +57,7 @@ class TuneConfig:
     images: int = 16            # whole 64x64 single frames per step (the first-frame path)
     clips: int = 1              # video crops per step (the later chunks)
     latent_frames: int = 3      # latent frames per video crop, from the stream's start (9 frames)
-    crop: int = 4               # video crop in latent cells (x8 pixels)
+    crop: int = 4               # video crop in latent cells (x the VAE's spatial stride in pixels)
     ema: float = 0.998
     clip_grad: float = 1.0
     every_s: float = 300.0
@@ -74,8 +74,8 @@ class TuneConfig:
                              f"got {self.latent_frames}")
         if self.images < 0 or self.clips < 0 or self.images + self.clips == 0:
             raise ValueError(f"need images or clips per step, got {self.images} and {self.clips}")
-        if not 1 <= self.crop <= 8:
-            raise ValueError(f"crop is in latent cells, 1..8, got {self.crop}")
+        if not 1 <= self.crop <= 16:
+            raise ValueError(f"crop is in latent cells, 1..16, got {self.crop}")
 
 
 @dataclass(frozen=True)
@@ -120,18 +120,21 @@ def to_tensor_batch(frames_u8: torch.Tensor) -> torch.Tensor:
 
 def video_batch(cache: Cache, cfg: TuneConfig,
                 g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Latent crops [B, z, F, c, c] around the object and their pixels [B, 3, T, 8c, 8c]."""
+    """Latent crops [B, z, F, c, c] around the object and their pixels [B, 3, T, sc, sc] (s: the
+    VAE's spatial stride)."""
     n, _, _, h, w = cache.clip_latents.shape
+    stride = cache.clips.shape[2] // h
     lat, pix = [], []
     for k in torch.randint(0, n, (cfg.clips,), generator=g).tolist():
         t = int(torch.randint(0, 4 * cfg.latent_frames - 3, (1,), generator=g))
-        cx, cy = (cache.centres[k, t] / 8).tolist()
+        cx, cy = (cache.centres[k, t] / stride).tolist()
         jx, jy = (torch.rand(2, generator=g) - 0.5) * cfg.crop / 2
         top = int(np.clip(round(cy + float(jy) - cfg.crop / 2), 0, h - cfg.crop))
         left = int(np.clip(round(cx + float(jx) - cfg.crop / 2), 0, w - cfg.crop))
         frames = 4 * (cfg.latent_frames - 1) + 1
         rows, cols = slice(top, top + cfg.crop), slice(left, left + cfg.crop)
-        pixel_rows, pixel_cols = slice(8 * top, 8 * rows.stop), slice(8 * left, 8 * cols.stop)
+        pixel_rows = slice(stride * top, stride * rows.stop)
+        pixel_cols = slice(stride * left, stride * cols.stop)
         lat.append(cache.clip_latents[k, :, :cfg.latent_frames, rows, cols])
         pix.append(cache.clips[k, :frames, pixel_rows, pixel_cols])
     return torch.stack(lat), to_tensor_batch(torch.stack(pix))
