@@ -244,19 +244,27 @@ def describe_checkpoint(path_or_state_dict: str | os.PathLike | Mapping[str, tor
     from .dit.loader import read_dit_state_dict
     from .vae.config import detect_config as detect_vae
 
+    from .vae.latent_format import format_from_metadata
+
+    fmt = None
+    if not isinstance(path_or_state_dict, Mapping):
+        fmt = format_from_metadata(read_metadata(path_or_state_dict),
+                                   os.path.basename(os.fspath(path_or_state_dict)))
+    named = ("" if fmt is None else f"\nLatent format: {fmt.name}, named in the file"
+             + (" (with its own preview colours)" if fmt.rgb_factors is not None else ""))
     try:
         sd, config, scaled = read_dit_state_dict(path_or_state_dict, device="meta")
     except ValueError as dit_err:
         sd = read_state_dict(path_or_state_dict, device="meta")
         try:
-            return f"VAE: {detect_vae(sd)}"
+            return f"VAE: {detect_vae(sd)}{named}"
         except ValueError as vae_err:
             raise ValueError(f"unrecognised checkpoint — not a DiT: {dit_err}; "
                              f"not a VAE: {vae_err}") from None
     storage = sd["blocks.0.ffn.0.weight"].dtype
     weights = (f"fp8_scaled ({len(scaled)} layers fp8 with per-layer scales, dequantised at use)"
                if scaled else f"stored in {str(storage).removeprefix('torch.')}")
-    return f"DiT: {config}\nModel: {describe_variant(config)}\nWeights: {weights}"
+    return f"DiT: {config}\nModel: {describe_variant(config)}\nWeights: {weights}{named}"
 
 
 def describe_state_dict(sd: StateDict) -> str:

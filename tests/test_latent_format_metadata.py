@@ -18,7 +18,8 @@ def _format(channels: int, seed: int = 0) -> LatentFormat:
     return LatentFormat(name=f"test{channels}",
                         mean=tuple((torch.randn(channels, generator=g)).tolist()),
                         std=tuple((0.5 + torch.rand(channels, generator=g)).tolist()),
-                        rgb_factors=tuple(tuple(r) for r in torch.randn(channels, 3, generator=g).tolist()),
+                        rgb_factors=tuple(tuple(r) for r in
+                                          torch.randn(channels, 3, generator=g).tolist()),
                         rgb_bias=(0.1, -0.2, 0.3))
 
 
@@ -53,7 +54,8 @@ def test_vae_file_names_its_format(tmp_path):
     video = torch.rand(1, 3, 5, 32, 32) * 2 - 1
     with torch.no_grad():
         raw, normalised = vae.encode_raw(video), vae.encode(video)
-    mean, std = torch.tensor(fmt.mean).view(16, 1, 1, 1), torch.tensor(fmt.std).view(16, 1, 1, 1)
+    mean = torch.tensor(fmt.mean).view(16, 1, 1, 1)
+    std = torch.tensor(fmt.std).view(16, 1, 1, 1)
     torch.testing.assert_close(normalised[0], (raw[0] - mean) / std, rtol=1e-5, atol=1e-5)
     plain = load_vae(_tiny_vae(tmp_path, 16, {}))
     assert plain.latent_format == WAN21                  # no entry: the format of its width
@@ -70,7 +72,8 @@ def test_dit_file_names_its_format(tmp_path):
     assert load_dit(path).latent_format == fmt
     assert load_dit(save_dit(model, tmp_path / "plain.safetensors")).latent_format is None
     with pytest.raises(ValueError, match="has 8 channels but the DiT outputs 16"):
-        load_dit(save_dit(model, tmp_path / "bad.safetensors", metadata=format_metadata(_format(8))))
+        load_dit(save_dit(model, tmp_path / "bad.safetensors",
+                          metadata=format_metadata(_format(8))))
     with pytest.raises(ValueError, match="bad2.safetensors: its 'latent_format' metadata"):
         load_dit(save_dit(model, tmp_path / "bad2.safetensors", metadata={"latent_format": "{"}))
 
@@ -95,7 +98,22 @@ def test_sampling_normalises_with_the_dits_format():
     fmt = _format(4, seed=3)
     dit.latent_format = fmt
     own = sample_video(dit, SampleRequest(**request), device=torch.device("cpu"))
-    mean, std = torch.tensor(fmt.mean).view(1, 4, 1, 1, 1), torch.tensor(fmt.std).view(1, 4, 1, 1, 1)
+    mean = torch.tensor(fmt.mean).view(1, 4, 1, 1, 1)
+    std = torch.tensor(fmt.std).view(1, 4, 1, 1, 1)
     assert not own.requires_grad                          # sampling keeps no autograd graph
     assert float((plain - own).abs().max()) > 0.1        # the format is not ignored
     torch.testing.assert_close(own, mean + std * plain, rtol=1e-5, atol=1e-5)
+
+
+def test_info_names_the_format_a_file_carries(tmp_path):
+    from core.checkpoint import describe_checkpoint
+
+    fmt = _format(16)
+    text = describe_checkpoint(_tiny_vae(tmp_path, 16, format_metadata(fmt)))
+    assert text.startswith("VAE: ")
+    assert "Latent format: test16, named in the file (with its own preview colours)" in text
+    assert "Latent format" not in describe_checkpoint(_tiny_vae(tmp_path, 16, {}))
+    model = WanDiT(get_preset("tiny-t2v"))
+    dit_text = describe_checkpoint(save_dit(model, tmp_path / "dit.safetensors",
+                                            metadata=format_metadata(fmt)))
+    assert dit_text.startswith("DiT: ") and "Latent format: test16" in dit_text
