@@ -130,8 +130,8 @@ def export(ckpt: Path, out: Path, check_clips: int = 4, do_fold: bool = True,
     vae = load_vae(out)                                                  # the generic loader
     with torch.no_grad():
         first = vae.decode(vae.encode(x[:, :, :1]))
-        video = vae.decode(vae.encode(x))
         normalised = vae.encode(x)                                        # what the DiT sees
+        video = vae.decode(normalised)
     numbers = {"step": step, "fold_max_change": drift,
                "latent_mean": float(normalised.mean()), "latent_std": float(normalised.std()),
                "psnr_video": psnr(video, x), "psnr_first_frame": psnr(first, x[:, :, :1])}
