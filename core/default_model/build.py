@@ -512,7 +512,7 @@ def _build(work_dir: Path, cfg: BuildConfig, resume: bool, stages: tuple[str, ..
     for stage in order:
         if stage == "dit" and "decoder" in order and workers >= 2 and not work.is_done("decoder"):
             # The decoder tuning keeps the encoder (the DiT's latent space): run it beside the DiT.
-            helper = _spawn(argv_base + ["--stage", "decoder"], work.root / "decoder.log")
+            helper = _spawn(argv_base + ["--helper-stage", "decoder"], work.root / "decoder.log")
             _log(f"decoder: started in process {helper.pid} (log {work.root / 'decoder.log'})")
         if stage == "decoder" and helper is not None:
             _wait([helper])
@@ -535,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--toy", action="store_true", help="seconds-sized models (tests)")
     parser.add_argument("--shard", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dit-rank", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--helper-stage", choices=("decoder",), default=None,
+                        help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     stages = tuple(s.strip() for s in args.stage.split(",") if s.strip())
     unknown = [s for s in stages if s not in STAGES]
@@ -544,13 +546,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     cfg = dataclasses.replace(TOY if args.toy else BuildConfig(), seed=args.seed)
     try:
-        if args.shard is not None or args.dit_rank is not None:    # started by a build process
+        if args.shard is not None or args.dit_rank is not None or args.helper_stage:
+            # Started by a build process, which holds the work folder's lock (so these do not
+            # take it) and wrote the run's configuration for them.
             work = Work(Path(args.work))
             cfg = BuildConfig.from_json(json.loads(work["run_config"].read_text()))
             if args.shard is not None:
                 run_latent_shard(work, cfg, args.shard, args.workers)
-            else:
+            elif args.dit_rank is not None:
                 run_dit_rank(work, cfg)
+            else:
+                _run_stage(work, cfg, args.helper_stage, args.workers, [])
             return 0
         build(Path(args.work), cfg, resume=args.resume, stages=stages, workers=args.workers,
               toy=args.toy)
