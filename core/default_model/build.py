@@ -95,8 +95,8 @@ class BuildConfig:
     dit_processes: int = 2           # DDP ranks (gloo), each a slice of every batch of dit_batch;
                                      # part of the recipe: each rank draws its own noise
     tune_clips: int = 400            # cached clips (and 8 frames of each) for the decoder tuning
-    tune_image_steps: int = 3000     # phase 1: whole single frames (TI2V first frame)
-    tune_video_steps: int = 1500     # phase 2: later frames only (the first frame is kept)
+    tune_image_steps: int = 1500     # phase 1: whole single frames (TI2V first frame)
+    tune_video_steps: int = 750      # phase 2: later frames only (the first frame is kept)
     tune_crop: int = 8               # phase 2 crops, in latent cells (8 x the x4 stride: 32 px)
     tune_heldout: tuple[int, int] = (48, 6)   # held-out images and clips scored per checkpoint
     eval_seeds: int = 2              # held-out prompts x this many seeds (42 prompts per seed)
