@@ -243,7 +243,6 @@ def describe_checkpoint(path_or_state_dict: str | os.PathLike | Mapping[str, tor
     from .dit.config import describe_variant
     from .dit.loader import read_dit_state_dict
     from .vae.config import detect_config as detect_vae
-
     from .vae.latent_format import format_from_metadata
 
     fmt = None
