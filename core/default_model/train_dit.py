@@ -15,6 +15,7 @@ clean for half of the samples (T2V and TI2V in one model, as Wan2.2 TI2V-5B).
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -61,16 +62,18 @@ class LatentCaptions(torch.utils.data.Dataset):
         return {"latent": self.latents[i], "tokens": self.tokens[i]}
 
 
-def shapes_loss(model: ShapesModel, batch: dict[str, torch.Tensor], generator: torch.Generator
-                ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Caption dropout, text encoding, then the flow-matching loss on the DiT."""
+def shapes_loss(model: ShapesModel, batch: dict[str, torch.Tensor], generator: torch.Generator,
+                logit_mean: float = 0.0) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Caption dropout, text encoding, then the flow-matching loss on the DiT. `logit_mean` moves
+    the logit-normal sigmas: log(k) draws them as the median sigma 1/2 shifted by k."""
     tokens = batch["tokens"]                                              # [B, L]
     drop = torch.rand(tokens.shape[0], generator=generator) < CFG_DROPOUT  # [B]
     null = model.text.tokenizer.encode([""]).to(tokens.device)           # [1, L]
     tokens = torch.where(drop.to(tokens.device)[:, None], null, tokens)
     context = model.text(tokens)                                          # [B, L, D_text]
     return flow_matching_loss(model.dit, batch["latent"], context, generator=generator,
-                              sampling="logit_normal", first_frame_prob=FIRST_FRAME_PROB)
+                              sampling="logit_normal", logit_mean=logit_mean,
+                              first_frame_prob=FIRST_FRAME_PROB)
 
 
 @torch.no_grad()
@@ -112,7 +115,8 @@ def merge_shards(parts: list[Path], out: Path) -> Path:
 
 
 def train_shapes(latents: Path, config: TrainConfig, dit_config: DiTConfig = SHAPES_DIT,
-                 text_config: TextEncoderConfig = SHAPES_TEXT, resume: bool = True):
+                 text_config: TextEncoderConfig = SHAPES_TEXT, resume: bool = True,
+                 logit_mean: float = 0.0):
     """Train ShapesModel on cached latents with the pack's loop (checkpoints in
     config.output_dir/checkpoints; `resume` continues from the newest)."""
     data = torch.load(latents, weights_only=True)
@@ -120,7 +124,8 @@ def train_shapes(latents: Path, config: TrainConfig, dit_config: DiTConfig = SHA
     model = ShapesModel(dit_config, text_config)
     tokens = model.text.tokenizer.encode(list(data["captions"]))
     dataset = LatentCaptions(data["latents"], tokens)
-    return train(model, shapes_loss, dataset, config, resume=resume)
+    loss = functools.partial(shapes_loss, logit_mean=logit_mean)
+    return train(model, loss, dataset, config, resume=resume)
 
 
 def export(run_dir: Path, dit_path: Path = DIT_PATH, text_path: Path = TEXT_PATH,
