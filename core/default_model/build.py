@@ -89,7 +89,7 @@ class BuildConfig:
     latent_clips: int = 2000         # training clips encoded for the DiT
     dit: DiTConfig = BUILD_DIT
     text: TextEncoderConfig = SHAPES_TEXT
-    dit_steps: int = 6_000
+    dit_steps: int = 5_000
     dit_batch: int = 32
     dit_lr: float = 1e-3
     dit_warmup: int = 200
