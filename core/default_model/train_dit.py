@@ -63,9 +63,9 @@ class LatentCaptions(torch.utils.data.Dataset):
 
 
 def shapes_loss(model: ShapesModel, batch: dict[str, torch.Tensor], generator: torch.Generator,
-                logit_mean: float = 0.0) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Caption dropout, text encoding, then the flow-matching loss on the DiT. `logit_mean` moves
-    the logit-normal sigmas: log(k) draws them as the median sigma 1/2 shifted by k."""
+                logit_mean: float = 0.0, logit_std: float = 1.0) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Caption dropout, text encoding, then the flow-matching loss on the DiT. The training sigmas
+    are sigmoid(N(logit_mean, logit_std²)): logit_mean log(k) shifts the median sigma 1/2 by k."""
     tokens = batch["tokens"]                                              # [B, L]
     drop = torch.rand(tokens.shape[0], generator=generator) < CFG_DROPOUT  # [B]
     null = model.text.tokenizer.encode([""]).to(tokens.device)           # [1, L]
@@ -73,7 +73,7 @@ def shapes_loss(model: ShapesModel, batch: dict[str, torch.Tensor], generator: t
     context = model.text(tokens)                                          # [B, L, D_text]
     return flow_matching_loss(model.dit, batch["latent"], context, generator=generator,
                               sampling="logit_normal", logit_mean=logit_mean,
-                              first_frame_prob=FIRST_FRAME_PROB)
+                              logit_std=logit_std, first_frame_prob=FIRST_FRAME_PROB)
 
 
 @torch.no_grad()
@@ -116,7 +116,7 @@ def merge_shards(parts: list[Path], out: Path) -> Path:
 
 def train_shapes(latents: Path, config: TrainConfig, dit_config: DiTConfig = SHAPES_DIT,
                  text_config: TextEncoderConfig = SHAPES_TEXT, resume: bool = True,
-                 logit_mean: float = 0.0):
+                 logit_mean: float = 0.0, logit_std: float = 1.0):
     """Train ShapesModel on cached latents with the pack's loop (checkpoints in
     config.output_dir/checkpoints; `resume` continues from the newest)."""
     data = torch.load(latents, weights_only=True)
@@ -124,7 +124,7 @@ def train_shapes(latents: Path, config: TrainConfig, dit_config: DiTConfig = SHA
     model = ShapesModel(dit_config, text_config)
     tokens = model.text.tokenizer.encode(list(data["captions"]))
     dataset = LatentCaptions(data["latents"], tokens)
-    loss = functools.partial(shapes_loss, logit_mean=logit_mean)
+    loss = functools.partial(shapes_loss, logit_mean=logit_mean, logit_std=logit_std)
     return train(model, loss, dataset, config, resume=resume)
 
 
