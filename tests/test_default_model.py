@@ -141,14 +141,19 @@ def test_shipped_weights_load_through_the_generic_loaders():
     total = sum(p.stat().st_size for p in bundle.FILES)
     assert total <= 25 * 2**20, f"shipped weights are {total / 2**20:.1f} MB"
     dit_config = detect_dit(read_state_dict(bundle.DIT_PATH, device="meta"))
-    assert (dit_config.in_dim, dit_config.out_dim, dit_config.text_dim) == (8, 8, 64)
-    assert dit_config.dim == bundle.SHAPES_DIT.dim
+    assert (dit_config.in_dim, dit_config.out_dim, dit_config.text_dim) == (16, 16, 64)
+    assert (dit_config.dim, dit_config.patch_size) == (bundle.SHAPES_DIT.dim,
+                                                        bundle.SHAPES_DIT.patch_size)
     vae_config = detect_vae(read_state_dict(bundle.VAE_PATH, device="meta"))
-    assert vae_config.z_dim == 8 and vae_config.spatial_stride == 8
-    fmt = latent_format_for(vae_config.z_dim)   # identity statistics: unit-scale latents
-    assert fmt.mean == (0.0,) * 8 and fmt.std == (1.0,) * 8
+    assert vae_config.z_dim == 16 and vae_config.spatial_stride == 4
     model = bundle.load_default_model()
+    assert model.dit.config == bundle.SHAPES_DIT                # head count from the metadata
     assert model.vae.latent_channels == model.dit.config.out_dim
+    # Both files name the format every loader picks for 16 channels (Wan2.1's statistics), so
+    # previews and ComfyUI read the latents the same way.
+    fmt = latent_format_for(vae_config.z_dim)
+    assert (model.vae.latent_format.mean, model.vae.latent_format.std) == (fmt.mean, fmt.std)
+    assert model.dit.latent_format == model.vae.latent_format
 
 
 @shipped
@@ -266,12 +271,31 @@ def test_toy_build_runs_every_stage_resumes_and_refuses_other_options(tmp_path):
     assert TOY.dit_processes == 2 and dit_info["processes"] == 2
     assert dit_info["step"] == TOY.dit_steps
     assert (work.root / "dit_rank1.log").is_file()
+    # The second DiT phase started from the first one's final EMA weights (a warm restart): after
+    # its TOY.dit2_steps steps at EMA decay 0.999 its EMA has moved by a small fraction of that
+    # model's distance from a fresh initialisation.
+    from core.default_model.train_dit import ShapesModel
+    from core.train.checkpointing import latest_checkpoint, read_checkpoint
+    assert json.loads(work.done_marker("dit2").read_text())["info"]["step"] == TOY.dit2_steps
+    first = read_checkpoint(latest_checkpoint(work["dit_run"] / "checkpoints"))[1]
+    second = read_checkpoint(latest_checkpoint(work["dit2_run"] / "checkpoints"))[1]
+    fresh = ShapesModel(TOY.dit, TOY.text).state_dict()
+    moved = sum((second[k] - first[k]).norm() ** 2 for k in first) ** 0.5
+    from_fresh = sum((fresh[k] - first[k]).norm() ** 2 for k in first) ** 0.5
+    assert moved < 0.05 * from_fresh, (moved, from_fresh)
     # The ranks read the run's whole configuration from the work folder, not from their arguments.
     from core.default_model.build import BuildConfig
     assert BuildConfig.from_json(json.loads(work["run_config"].read_text())) == TOY
 
     build(work.root, TOY, resume=True, workers=1)                         # everything skipped
     assert work["timings"].read_text().splitlines() == timings
+    # A stage that runs again (here: its marker gone, as for a stage added to the recipe after
+    # the build finished) makes what was made from it stale: export and evaluate run again.
+    work.done_marker("dit2").unlink()
+    build(work.root, TOY, resume=True, workers=1)
+    again = [json.loads(line)["stage"] for line in work["timings"].read_text().splitlines()]
+    assert again[len(timings):] == ["dit2", "export", "evaluate"]
+    timings = work["timings"].read_text().splitlines()
     with pytest.raises(ValueError, match="--resume"):
         build(work.root, TOY, workers=1)
     from dataclasses import replace

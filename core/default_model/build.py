@@ -46,11 +46,12 @@ import torch
 from ..dit.config import DiTConfig
 from ..text.encoder import TextEncoderConfig
 from ..vae.config import VAEConfig
-from .bundle import SHAPES_TEXT
+from .bundle import SHAPES_DIT, SHAPES_TEXT
 
-STAGES = ("data", "vae", "latents", "dit", "decoder", "export", "evaluate")
+STAGES = ("data", "vae", "latents", "dit", "dit2", "decoder", "export", "evaluate")
 NEEDS = {"data": (), "vae": ("data",), "latents": ("vae",), "dit": ("latents",),
-         "decoder": ("vae",), "export": ("dit", "decoder"), "evaluate": ("export",)}
+         "dit2": ("dit",), "decoder": ("vae",), "export": ("dit2", "decoder"),
+         "evaluate": ("export",)}
 
 # The DiT of this recipe: Wan layout, the shipped DiT's width and depth (dim 128, 4 blocks, 4 heads
 # of 32, FFN 512; 1.25 M parameters, 5 MB) on 2x2 patches of the VAE's 16x16 latent grid: 8x8
@@ -59,8 +60,7 @@ NEEDS = {"data": (), "vae": ("data",), "latents": ("vae",), "dit": ("latents",),
 # linear layer per token; on the same latents and batches the 2x2 model's loss was a third lower
 # at equal steps (0.335 against 0.504 at step 400; MODEL_CARD.md). The head count is recorded in
 # the file's metadata (`num_heads`): narrow Wan layouts cannot be told apart by their keys.
-BUILD_DIT = DiTConfig("t2v", in_dim=16, out_dim=16, dim=128, ffn_dim=512, text_dim=64, num_heads=4,
-                      num_layers=4, patch_size=(1, 2, 2))
+BUILD_DIT = SHAPES_DIT   # what ships (bundle.py)
 # The VAE: the shipped width, 16 latent channels and x4 spatial compression (two down-sampling
 # stages, both also x2 in time). Measured on this CPU, each from scratch on the same 2,000-step
 # crop schedule, held-out round trip (video PSNR; shape right per the issue 11 scorer):
@@ -105,6 +105,12 @@ class BuildConfig:
     dit_checkpoint_every: int = 250
     dit_processes: int = 2           # DDP ranks (gloo), each a slice of every batch of dit_batch;
                                      # part of the recipe: each rank draws its own noise
+    dit2_steps: int = 5_000          # a second DiT phase (0 = none): a warm restart from the dit
+    dit2_lr: float = 4e-4            # stage's final EMA weights with a fresh AdamW and EMA, this
+    dit2_warmup: int = 100           # warm-up and cosine to 0, other batches and noises (seed + 1),
+                                     # the same training sigmas. At the dit stage's end the loss
+                                     # was still falling (0.145 -> 0.1415 over the last 1,000
+                                     # steps at lr -> 0) and shapes were still improving
     tune_clips: int = 400            # cached clips (and 8 frames of each) for the decoder tuning
     tune_image_steps: int = 1500     # phase 1: whole single frames (TI2V first frame)
     tune_video_steps: int = 750      # phase 2: later frames only (the first frame is kept)
@@ -140,7 +146,7 @@ TOY = BuildConfig(
                   num_layers=1, patch_size=(1, 4, 4)),
     text=TextEncoderConfig(vocab_size=SHAPES_TEXT.vocab_size, dim=32, num_layers=1, num_heads=1,
                            max_len=16),
-    dit_steps=2, dit_batch=2, dit_warmup=1, dit_checkpoint_every=1, dit_processes=2, tune_clips=2,
+    dit_steps=2, dit2_steps=2, dit2_warmup=1, dit_batch=2, dit_warmup=1, dit_checkpoint_every=1, dit_processes=2, tune_clips=2,
     tune_image_steps=2, tune_video_steps=2, tune_heldout=(1, 1), eval_seeds=1, eval_limit=2,
     eval_settings=(("T2V", "euler", 2), ("TI2V", "euler", 2)))
 
@@ -158,7 +164,7 @@ class Work:
             "timings": r / "timings.jsonl", "data": r / "data.json",
             "vae_run": r / "vae", "vae_crops": r / "vae_crops.safetensors",
             "vae_whole_run": r / "vae_whole", "vae": r / "vae_encoder.safetensors",
-            "latents": r / "latents.pt", "dit_run": r / "dit",
+            "latents": r / "latents.pt", "dit_run": r / "dit", "dit2_run": r / "dit2",
             "decoder1": r / "decoder_images", "decoder1_out": r / "decoder_images.safetensors",
             "decoder2": r / "decoder_video", "decoder2_out": r / "decoder_video.safetensors",
             "export": r / "export", "eval_json": r / "eval.json", "eval_md": r / "eval.md",
@@ -283,11 +289,18 @@ def run_latent_shard(work: Work, cfg: BuildConfig, shard: int, workers: int) -> 
                   work.root / f"latents_shard{shard}of{workers}.pt", shard=(shard, workers))
 
 
-def stage_dit(work: Work, cfg: BuildConfig, argv_base: list[str]) -> dict:
-    """Train the DiT, in `cfg.dit_processes` DDP processes (this process waits for them)."""
+def stage_dit(work: Work, cfg: BuildConfig, argv_base: list[str], phase: str = "dit") -> dict:
+    """Train the DiT (`phase` 'dit', or its second phase 'dit2'), in `cfg.dit_processes` DDP
+    processes (this process waits for them)."""
+    if phase == "dit2" and cfg.dit2_steps == 0:
+        return {"skipped": True}
+    steps = cfg.dit2_steps if phase == "dit2" else cfg.dit_steps
+    trained = _checkpoint_step(work[f"{phase}_run"] / "checkpoints")
+    if trained >= steps:        # trained to the end before (its done marker removed or lost)
+        return {"step": trained, "loss": None, "processes": cfg.dit_processes}
     if cfg.dit_processes == 1:
-        return run_dit_rank(work, cfg)
-    result = work.root / "dit_result.json"
+        return run_dit_rank(work, cfg, phase)
+    result = work.root / f"{phase}_result.json"
     result.unlink(missing_ok=True)
     port = _free_port()
     procs = []
@@ -295,8 +308,8 @@ def stage_dit(work: Work, cfg: BuildConfig, argv_base: list[str]) -> dict:
         env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                "RANK": str(rank), "LOCAL_RANK": str(rank),
                "WORLD_SIZE": str(cfg.dit_processes)}
-        procs.append(_spawn(argv_base + ["--stage", "dit", "--dit-rank", str(rank)],
-                            work.root / f"dit_rank{rank}.log", env=env))
+        procs.append(_spawn(argv_base + ["--stage", phase, "--dit-rank", str(rank)],
+                            work.root / f"{phase}_rank{rank}.log", env=env))
     try:
         _wait(procs)
     finally:
@@ -306,23 +319,45 @@ def stage_dit(work: Work, cfg: BuildConfig, argv_base: list[str]) -> dict:
     return json.loads(result.read_text())
 
 
-def run_dit_rank(work: Work, cfg: BuildConfig) -> dict:
-    """One process's part of the DiT stage (all of it when WORLD_SIZE is unset); rank 0
-    writes `dit_result.json` for the process that started the ranks."""
+def _checkpoint_step(folder: Path) -> int:
+    """The step of the newest checkpoint in `folder` (0 when none), from its metadata."""
+    from safetensors import safe_open
+
+    from ..train.checkpointing import WEIGHTS_FILE, latest_checkpoint
+
+    latest = latest_checkpoint(folder)
+    if latest is None:
+        return 0
+    with safe_open(str(latest / WEIGHTS_FILE), "pt") as f:
+        return int(f.metadata()["step"])
+
+
+def run_dit_rank(work: Work, cfg: BuildConfig, phase: str = "dit") -> dict:
+    """One process's part of a DiT stage (all of it when WORLD_SIZE is unset); rank 0
+    writes `<phase>_result.json` for the process that started the ranks."""
     from ..train import TrainConfig
+    from ..train.checkpointing import latest_checkpoint
     from .train_dit import train_shapes
 
-    config = TrainConfig(steps=cfg.dit_steps, batch_size=cfg.dit_batch, lr=cfg.dit_lr,
-                         warmup_steps=cfg.dit_warmup, lr_schedule="cosine", weight_decay=0.01,
+    second = phase == "dit2"
+    config = TrainConfig(steps=cfg.dit2_steps if second else cfg.dit_steps,
+                         batch_size=cfg.dit_batch, lr=cfg.dit2_lr if second else cfg.dit_lr,
+                         warmup_steps=cfg.dit2_warmup if second else cfg.dit_warmup,
+                         lr_schedule="cosine", weight_decay=0.01,
                          grad_clip=1.0, ema_decay=cfg.dit_ema,
-                         checkpoint_every=cfg.dit_checkpoint_every, log_every=10, seed=cfg.seed,
-                         mixed_precision="no", device="cpu", output_dir=str(work["dit_run"]),
+                         checkpoint_every=cfg.dit_checkpoint_every, log_every=10,
+                         seed=cfg.seed + 1 if second else cfg.seed,
+                         mixed_precision="no", device="cpu", output_dir=str(work[f"{phase}_run"]),
                          progress=False)
+    init = latest_checkpoint(work["dit_run"] / "checkpoints") if second else None
+    if second and init is None:
+        raise RuntimeError(f"dit2 starts from the dit stage's checkpoints, and "
+                           f"{work['dit_run'] / 'checkpoints'} has none")
     result = train_shapes(work["latents"], config, cfg.dit, cfg.text, resume=True,
-                          logit_mean=cfg.dit_logit_mean, logit_std=cfg.dit_logit_std)
+                          logit_mean=cfg.dit_logit_mean, logit_std=cfg.dit_logit_std, init=init)
     info = {"step": result.step, "loss": result.loss, "processes": cfg.dit_processes}
     if int(os.environ.get("RANK", "0")) == 0:
-        _write_json(work.root / "dit_result.json", info)
+        _write_json(work.root / f"{phase}_result.json", info)
     return info
 
 
@@ -355,7 +390,8 @@ def stage_export(work: Work, cfg: BuildConfig) -> dict:
     dit_path, vae_path, text_path = work.exported()
     # The DiT file names the latent format its VAE names (the same previews in both places).
     fmt = load_vae(work["decoder2_out"]).latent_format
-    export(work["dit_run"], dit_path, text_path, dit_config=cfg.dit, text_config=cfg.text,
+    run = work["dit2_run"] if cfg.dit2_steps > 0 else work["dit_run"]
+    export(run, dit_path, text_path, dit_config=cfg.dit, text_config=cfg.text,
            latent_format=fmt)
     vae_path.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(work["decoder2_out"], vae_path.with_name(vae_path.name + ".tmp"))
@@ -432,8 +468,8 @@ def _run_stage(work: Work, cfg: BuildConfig, stage: str, workers: int,
         info = stage_vae(work, cfg)
     elif stage == "latents":
         info = stage_latents(work, cfg, workers, argv_base)
-    elif stage == "dit":
-        info = stage_dit(work, cfg, argv_base)
+    elif stage in ("dit", "dit2"):
+        info = stage_dit(work, cfg, argv_base, stage)
     elif stage == "decoder":
         info = stage_decoder(work, cfg)
     elif stage == "export":
@@ -447,6 +483,21 @@ def _run_stage(work: Work, cfg: BuildConfig, stage: str, workers: int,
                 + "\n")
     _write_json(work.done_marker(stage), {"seconds": seconds, "info": info})
     _log(f"{stage}: done in {seconds / 60:.1f} min")
+    # Whatever was made from this stage's earlier output is stale now (e.g. an export finished
+    # before a stage added to the recipe ran): those stages run again.
+    for later in _after(stage):
+        if work.is_done(later):
+            work.done_marker(later).unlink()
+            _log(f"{later}: made before {stage} ran, will run again")
+
+
+def _after(stage: str) -> list[str]:
+    """Every stage that needs `stage`, directly or through others."""
+    found: list[str] = []
+    for s in STAGES:
+        if any(n == stage or n in found for n in NEEDS[s]):
+            found.append(s)
+    return found
 
 
 def _changed_options(before: dict, now: dict, prefix: str = "") -> list[str]:
@@ -566,7 +617,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.shard is not None:
                 run_latent_shard(work, cfg, args.shard, args.workers)
             elif args.dit_rank is not None:
-                run_dit_rank(work, cfg)
+                run_dit_rank(work, cfg, stages[0])
             else:
                 _run_stage(work, cfg, args.helper_stage, args.workers, [])
             return 0

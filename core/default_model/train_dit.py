@@ -116,12 +116,17 @@ def merge_shards(parts: list[Path], out: Path) -> Path:
 
 def train_shapes(latents: Path, config: TrainConfig, dit_config: DiTConfig = SHAPES_DIT,
                  text_config: TextEncoderConfig = SHAPES_TEXT, resume: bool = True,
-                 logit_mean: float = 0.0, logit_std: float = 1.0):
+                 logit_mean: float = 0.0, logit_std: float = 1.0, init: Path | None = None):
     """Train ShapesModel on cached latents with the pack's loop (checkpoints in
-    config.output_dir/checkpoints; `resume` continues from the newest)."""
+    config.output_dir/checkpoints; `resume` continues from the newest). `init`: a checkpoint
+    folder of an earlier run whose EMA weights (raw ones if it has none) a fresh run starts
+    from; a run that has checkpoints of its own resumes from them instead."""
     data = torch.load(latents, weights_only=True)
     torch.manual_seed(config.seed)                   # the initial weights
     model = ShapesModel(dit_config, text_config)
+    if init is not None:
+        weights, ema, _ = read_checkpoint(init)
+        model.load_state_dict({**model.state_dict(), **(ema if ema is not None else weights)})
     tokens = model.text.tokenizer.encode(list(data["captions"]))
     dataset = LatentCaptions(data["latents"], tokens)
     loss = functools.partial(shapes_loss, logit_mean=logit_mean, logit_std=logit_std)
