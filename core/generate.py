@@ -46,7 +46,8 @@ class GenerateOptions:
     solver: str = settings.DEFAULT_SOLVER       # euler | heun | dpmpp_2m | unipc
     seed: int = 0                               # noise seed
     frames: int = settings.FRAMES               # pixel frames, 4n + 1
-    width: int = settings.WIDTH                 # pixels, a multiple of 16 (VAE x8, patch x2)
+    width: int = settings.WIDTH                 # pixels, a multiple of 16 (default model: 8 would
+                                                # do, VAE x4 x patch x2; the Wan2.1 VAE needs 16)
     height: int = settings.HEIGHT
     negative: str = ""                          # negative prompt (the empty caption by default)
     cache: float = 0.0                          # step-cache threshold (0 = off; e.g. 0.4 halves the DiT calls)

@@ -1,8 +1,8 @@
 """Where the shipped default model lives and how to load it (through the same loaders as real Wan
 checkpoints: `core.load_dit`, `core.load_vae`), plus the sizes it was trained with.
 
-    core/default_model/diffusion_models/flowdit_shapes_dit.safetensors   Wan DiT (8 channels)
-    core/default_model/vae/flowdit_shapes_vae.safetensors                Wan2.1-layout VAE, z 8
+    core/default_model/diffusion_models/flowdit_shapes_dit.safetensors   Wan DiT (16 channels)
+    core/default_model/vae/flowdit_shapes_vae.safetensors                Wan2.1-layout VAE, z 16, x4
     core/default_model/text_encoders/flowdit_shapes_text.safetensors     word-level text encoder
 
 The folder names are ComfyUI's model folder names, so the nodes can list these files next to the
@@ -31,11 +31,13 @@ FILES = (DIT_PATH, VAE_PATH, TEXT_PATH)
 VOCABULARY: tuple[str, ...] = (("a", "moving", "on", "background") + tuple(COLOURS) + SHAPES
                                + tuple(DIRECTIONS) + tuple(BACKGROUNDS))
 
-# The DiT: Wan layout, 8 latent channels in and out, 32-wide heads (what detection assumes for
-# narrow models), text width = the text encoder's width. T2V and TI2V in one model (trained with
-# the first latent frame kept clean half of the time, as Wan2.2 TI2V-5B).
-SHAPES_DIT = DiTConfig("t2v", in_dim=8, out_dim=8, dim=128, ffn_dim=512, text_dim=64,
-                       num_heads=4, num_layers=4)
+# The DiT: Wan layout, 16 latent channels in and out (the VAE's), 2x2 patches on the 16x16 latent
+# grid, 4 heads of 32 (recorded in the file's metadata: narrow Wan layouts cannot be told apart by
+# their keys), text width = the text encoder's width. T2V and TI2V in one model (trained with the
+# first latent frame kept clean half of the time, as Wan2.2 TI2V-5B). Built by
+# `core.default_model.build` (its BUILD_DIT).
+SHAPES_DIT = DiTConfig("t2v", in_dim=16, out_dim=16, dim=128, ffn_dim=512, text_dim=64,
+                       num_heads=4, num_layers=4, patch_size=(1, 2, 2))
 SHAPES_TEXT = TextEncoderConfig(vocab_size=len(VOCABULARY) + 2, dim=64, num_layers=2,
                                 num_heads=2, max_len=16)
 
