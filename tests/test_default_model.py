@@ -183,7 +183,7 @@ def test_shipped_model_ti2v_keeps_the_first_frame():
     # The first frame is exactly the VAE's round trip of the image (clean injected latent, causal
     # decoder), whatever the DiT did to the later frames...
     assert np.array_equal(frames[0], _round_trip(np.stack([image]))[0])
-    assert psnr(frames[0], image) >= 30.0                   # ...and the bar is 30 dB
+    assert psnr(frames[0], image) >= 32.0                   # ...and the bar is 32 dB
     assert score_clip(frames).direction == "right"
 
 
@@ -195,7 +195,8 @@ def test_shipped_vae_first_frame_bar_on_all_held_out_images():
     cases = heldout_cases(seeds=2)                          # the 84 TI2V cases of the model card
     images = np.stack([c.first_frame() for c in cases])
     values = [psnr(out, image) for out, image in zip(_round_trip(images), images)]
-    assert len(values) == 84 and np.mean(values) >= 30.0, (np.mean(values), np.min(values))
+    # Issue 11's bar: every image, not only the mean.
+    assert len(values) == 84 and np.min(values) >= 32.0, (np.mean(values), np.min(values))
 
 
 def _round_trip(images: np.ndarray) -> np.ndarray:

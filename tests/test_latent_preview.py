@@ -1,5 +1,5 @@
-"""Live-preview projection of the default model's latent format: the shipped VAE's latents map
-back to roughly the right colours (skipped until the default model is shipped)."""
+"""Live-preview projections: the 8-channel format's linear map, and the shipped default VAE's own
+format (named in its file) mapping its latents back to roughly the right colours."""
 import pytest
 import torch
 
@@ -28,13 +28,17 @@ def test_preview_shows_the_colours_of_real_frames():
     if not VAE_PATH.is_file():
         pytest.skip("the default model's VAE is not shipped yet")
     vae = load_vae(VAE_PATH)
+    fmt = vae.latent_format           # named in the file's metadata, fitted at export
+    assert fmt.rgb_factors is not None
     errors = []
     for seed in (1000, 1001, 1002):  # seeds outside the 0..47 the factors were fitted on
         video = to_tensor(make_clip(seed, frames=1).frames)[None]      # [1, 3, 1, 64, 64]
         with torch.no_grad():
-            rgb = FLOWDIT_SHAPES.preview_rgb(vae.encode(video))          # [8, 8, 3]
+            rgb = fmt.preview_rgb(vae.encode(video))                     # [n, n, 3]
         s = vae.spatial_stride
-        blocks = video[0, :, 0].reshape(3, 8, s, 8, s).mean(dim=(2, 4)).permute(1, 2, 0)
+        n = 64 // s
+        assert rgb.shape == (n, n, 3)
+        blocks = video[0, :, 0].reshape(3, n, s, n, s).mean(dim=(2, 4)).permute(1, 2, 0)
         errors.append(float(((rgb - blocks) ** 2).mean().sqrt()))
     # Plain-colour frames span [-1, 1] (std ~0.47); a useless map would be off by ~0.5.
     assert max(errors) < 0.3, errors
