@@ -99,7 +99,8 @@ class BuildConfig:
                                      # latents of one clip moving in two directions, ||dz||² is
                                      # ~16,000 for this VAE against ~1,100 for the shipped x8 z8
                                      # one, so x_sigma shows the direction (d' = 2) up to sigma
-                                     # 0.985 instead of 0.944 (runs/probe/snr.py, MODEL_CARD.md).
+                                     # 0.985 instead of 0.944 (MODEL_CARD.md; measured by
+                                     # tests/benchmarks/diag_caption_use.py).
                                      # N(log 3, 1) put 0.1% of the samples above logit 4.15, this
                                      # 7.6% (and still 9% below sigma 1/2)
     dit_checkpoint_every: int = 250
