@@ -97,7 +97,7 @@ class BuildConfig:
     dit_logit_mean: float = 2.0      # training sigmas sigmoid(N(mean, std²)), median sigma 0.88.
     dit_logit_std: float = 1.5       # Where the prompted direction is decided: between the
                                      # latents of one clip moving in two directions, ||dz||² is
-                                     # ~16,000 for this VAE against ~1,100 for the shipped x8 z8
+                                     # ~16,000 for this VAE against ~1,100 for the issue 6 x8 z8
                                      # one, so x_sigma shows the direction (d' = 2) up to sigma
                                      # 0.985 instead of 0.944 (MODEL_CARD.md; measured by
                                      # tests/benchmarks/diag_caption_use.py).
