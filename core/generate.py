@@ -235,8 +235,8 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
                    help="first frame for image-to-video (TI2V): a " + IMAGE_FORMATS + " image, "
                         "scaled and centre-cropped to the clip's size (default: none, text only)")
     p.add_argument("--steps", type=_int(1), default=settings.DEFAULT_STEPS,
-                   help="solver steps; more is slower, below %d the clip may be unrecognisable "
-                        "(default: %%(default)s)" % settings.MIN_RECOGNISABLE_STEPS)
+                   help="solver steps; more is slower, below %d edges get softer and the object "
+                        "less steady (default: %%(default)s)" % settings.MIN_STEADY_STEPS)
     p.add_argument("--shift", type=_positive_float(), default=settings.DEFAULT_SHIFT,
                    help="schedule shift; > 1 spends more steps at high noise, 1 = none "
                         "(default: %(default)s)")
@@ -316,10 +316,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         if fit and _is_first_process():
             print(f"--image {args.image}: {fit}", file=sys.stderr)
         options = replace(options, image=image)
-    if options.steps < settings.MIN_RECOGNISABLE_STEPS and _is_first_process():
-        print(f"warning: --steps {options.steps} is below {settings.MIN_RECOGNISABLE_STEPS}: the "
-              f"default model's clips may not be recognisable (model card: at 4 steps only 38-81% "
-              f"show the prompted colour and direction, at 10 steps 88-95%)", file=sys.stderr)
+    if options.steps < settings.MIN_STEADY_STEPS and _is_first_process():
+        print(f"note: --steps {options.steps} is below {settings.MIN_STEADY_STEPS}: the default "
+              f"model still draws the prompted colour, direction and shape, but with softer edges "
+              f"and a less steady object (model card: 'Scores of the shipped model')",
+              file=sys.stderr)
 
     import torch
 
