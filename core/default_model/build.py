@@ -147,7 +147,8 @@ TOY = BuildConfig(
                   num_layers=1, patch_size=(1, 4, 4)),
     text=TextEncoderConfig(vocab_size=SHAPES_TEXT.vocab_size, dim=32, num_layers=1, num_heads=1,
                            max_len=16),
-    dit_steps=2, dit2_steps=2, dit2_warmup=1, dit_batch=2, dit_warmup=1, dit_checkpoint_every=1, dit_processes=2, tune_clips=2,
+    dit_steps=2, dit2_steps=2, dit2_warmup=1, dit_batch=2, dit_warmup=1, dit_checkpoint_every=1,
+    dit_processes=2, tune_clips=2,
     tune_image_steps=2, tune_video_steps=2, tune_heldout=(1, 1), eval_seeds=1, eval_limit=2,
     eval_settings=(("T2V", "euler", 2), ("TI2V", "euler", 2)))
 

@@ -63,7 +63,8 @@ class LatentCaptions(torch.utils.data.Dataset):
 
 
 def shapes_loss(model: ShapesModel, batch: dict[str, torch.Tensor], generator: torch.Generator,
-                logit_mean: float = 0.0, logit_std: float = 1.0) -> tuple[torch.Tensor, dict[str, Any]]:
+                logit_mean: float = 0.0, logit_std: float = 1.0
+                ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Caption dropout, text encoding, then the flow-matching loss on the DiT. The training sigmas
     are sigmoid(N(logit_mean, logit_std²)): logit_mean log(k) shifts the median sigma 1/2 by k."""
     tokens = batch["tokens"]                                              # [B, L]

@@ -70,7 +70,8 @@ def _swap(caption: str, words: tuple[str, ...]) -> str:
 
 
 @torch.no_grad()
-def word_use(model: bundle.DefaultModel, clips: int = 48) -> list[tuple[float, float, float, float]]:
+def word_use(model: bundle.DefaultModel, clips: int = 48
+             ) -> list[tuple[float, float, float, float]]:
     """Per sigma: (sigma, x0-MSE right caption, + with the direction swapped, + colour swapped)."""
     data = [make_clip(seed, "train") for seed in range(clips)]
     x0 = model.vae.encode(torch.stack([to_tensor(c.frames) for c in data]))
