@@ -1,4 +1,4 @@
-"""Train the default model's small causal VAE (Wan2.1 layout, z_dim 8) on the procedural clips.
+"""Train the default model's small causal VAE (Wan2.1 layout) on the procedural clips.
 
     python -m core.default_model.train_vae --out /tmp/flowdit_train/vae [--minutes 35] [--resume]
 
@@ -27,7 +27,9 @@ from ..vae.config import VAEConfig
 from ..vae.layers import FeatureCache
 from ..vae.model import WanVAEModel
 
-# The shipped VAE: Wan2.1 layout, narrow, 8 latent channels (identity latent format), x8 / x4.
+# The issue 6 model's VAE (Wan2.1 layout, narrow, 8 latent channels, identity latent format, x8 /
+# x4): the default of this module's and export_vae's command lines. What ships now is the build's
+# (core.default_model.build.BUILD_VAE: z 16, x4 / x4), which passes its own configuration.
 SHAPES_VAE = VAEConfig(dim=16, dec_dim=16, z_dim=8, dim_mult=(1, 2, 4, 4), num_res_blocks=1)
 
 
