@@ -272,18 +272,20 @@ def test_toy_build_runs_every_stage_resumes_and_refuses_other_options(tmp_path):
     assert TOY.dit_processes == 2 and dit_info["processes"] == 2
     assert dit_info["step"] == TOY.dit_steps
     assert (work.root / "dit_rank1.log").is_file()
-    # The second DiT phase started from the first one's final EMA weights (a warm restart): after
-    # its TOY.dit2_steps steps at EMA decay 0.999 its EMA has moved by a small fraction of that
-    # model's distance from a fresh initialisation.
+    # Each later DiT phase started from the final EMA weights of the one before (a warm
+    # restart): after its few toy steps at EMA decay 0.999 its EMA has moved by a small fraction
+    # of that model's distance from a fresh initialisation.
     from core.default_model.train_dit import ShapesModel
     from core.train.checkpointing import latest_checkpoint, read_checkpoint
-    assert json.loads(work.done_marker("dit2").read_text())["info"]["step"] == TOY.dit2_steps
-    first = read_checkpoint(latest_checkpoint(work["dit_run"] / "checkpoints"))[1]
-    second = read_checkpoint(latest_checkpoint(work["dit2_run"] / "checkpoints"))[1]
     fresh = ShapesModel(TOY.dit, TOY.text).state_dict()
-    moved = sum((second[k] - first[k]).norm() ** 2 for k in first) ** 0.5
-    from_fresh = sum((fresh[k] - first[k]).norm() ** 2 for k in first) ** 0.5
-    assert moved < 0.05 * from_fresh, (moved, from_fresh)
+    for before, phase in (("dit", "dit2"), ("dit2", "dit3")):
+        steps = getattr(TOY, f"{phase}_steps")
+        assert json.loads(work.done_marker(phase).read_text())["info"]["step"] == steps
+        first = read_checkpoint(latest_checkpoint(work[f"{before}_run"] / "checkpoints"))[1]
+        second = read_checkpoint(latest_checkpoint(work[f"{phase}_run"] / "checkpoints"))[1]
+        moved = sum((second[k] - first[k]).norm() ** 2 for k in first) ** 0.5
+        from_fresh = sum((fresh[k] - first[k]).norm() ** 2 for k in first) ** 0.5
+        assert moved < 0.05 * from_fresh, (phase, moved, from_fresh)
     # The ranks read the run's whole configuration from the work folder, not from their arguments.
     from core.default_model.build import BuildConfig
     assert BuildConfig.from_json(json.loads(work["run_config"].read_text())) == TOY
@@ -291,11 +293,12 @@ def test_toy_build_runs_every_stage_resumes_and_refuses_other_options(tmp_path):
     build(work.root, TOY, resume=True, workers=1)                         # everything skipped
     assert work["timings"].read_text().splitlines() == timings
     # A stage that runs again (here: its marker gone, as for a stage added to the recipe after
-    # the build finished) makes what was made from it stale: export and evaluate run again.
+    # the build finished) makes what was made from it stale: dit3, export and evaluate run again
+    # (dit3, already trained to its last step, only checks that).
     work.done_marker("dit2").unlink()
     build(work.root, TOY, resume=True, workers=1)
     again = [json.loads(line)["stage"] for line in work["timings"].read_text().splitlines()]
-    assert again[len(timings):] == ["dit2", "export", "evaluate"]
+    assert again[len(timings):] == ["dit2", "dit3", "export", "evaluate"]
     timings = work["timings"].read_text().splitlines()
     with pytest.raises(ValueError, match="--resume"):
         build(work.root, TOY, workers=1)
