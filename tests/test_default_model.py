@@ -455,3 +455,32 @@ def test_edge_loss_sees_where_edges_are_not_what_colour_they_have():
     moved = torch.zeros_like(step)
     moved[..., 3:] = 1.0
     assert float(edge_l1(moved, step)) > 0.0
+
+
+def test_dit_phase_starts_its_ranks_once_more_after_one_failure(tmp_path, monkeypatch):
+    """A DiT phase whose ranks fail once (a rendezvous port taken, say) is started once more; a
+    failure that repeats reaches the caller."""
+    from core.default_model import build as b
+
+    work = b.Work(tmp_path)
+    calls = []
+
+    def fails_once(work, cfg, argv_base, phase):
+        calls.append(phase)
+        if len(calls) == 1:
+            raise RuntimeError("a worker process failed")
+        b._write_json(work.root / f"{phase}_result.json", {"step": cfg.dit2_steps})
+
+    monkeypatch.setattr(b, "_run_ranks", fails_once)
+    assert b.stage_dit(work, b.TOY, [], "dit2") == {"step": b.TOY.dit2_steps}
+    assert calls == ["dit2", "dit2"]
+
+    def always_fails(work, cfg, argv_base, phase):
+        calls.append(phase)
+        raise RuntimeError("a worker process failed")
+
+    calls.clear()
+    monkeypatch.setattr(b, "_run_ranks", always_fails)
+    with pytest.raises(RuntimeError, match="worker process failed"):
+        b.stage_dit(work, b.TOY, [], "dit3")
+    assert calls == ["dit3", "dit3"]

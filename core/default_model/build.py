@@ -325,6 +325,22 @@ def stage_dit(work: Work, cfg: BuildConfig, argv_base: list[str], phase: str = "
         return run_dit_rank(work, cfg, phase)
     result = work.root / f"{phase}_result.json"
     result.unlink(missing_ok=True)
+    for attempt in (1, 2):
+        try:
+            _run_ranks(work, cfg, argv_base, phase)
+            break
+        except RuntimeError as exc:
+            # A rank can fail for a reason outside the recipe (the port chosen for the ranks'
+            # rendezvous taken by another process before rank 0 bound it). The phase resumes
+            # from its last checkpoint, so one more start on another port costs little; a
+            # failure of the recipe itself fails again. The rank logs are appended to.
+            if attempt == 2:
+                raise
+            _log(f"{phase}: {exc}; starting the ranks once more")
+    return json.loads(result.read_text())
+
+
+def _run_ranks(work: Work, cfg: BuildConfig, argv_base: list[str], phase: str) -> None:
     port = _free_port()
     procs = []
     for rank in range(cfg.dit_processes):
@@ -339,7 +355,6 @@ def stage_dit(work: Work, cfg: BuildConfig, argv_base: list[str], phase: str = "
         for p in procs:                   # one rank failed: do not leave the others waiting
             if p.poll() is None:
                 p.kill()
-    return json.loads(result.read_text())
 
 
 def _checkpoint_step(folder: Path) -> int:
