@@ -12,6 +12,8 @@ Stages, in order (each writes `<work>/state/<stage>.json` when done and is skipp
     latents   encode the training clips once (in `--workers` processes) -> latents.pt
     dit       DiT + text encoder through the pack's training loop (core.train), in
               `dit_processes` DDP processes (gloo; each takes a slice of every batch)
+    dit2      a second DiT phase: a warm restart from `dit`'s final EMA weights (0 steps: none)
+    dit3      a third one, from the last phase before it that has steps
     decoder   tune the decoder, encoder frozen: single frames (the TI2V first frame), then only
               the weights the first frame never reaches (later frames); runs in a second process
               beside `dit` when --workers >= 2 (the latents do not change)
@@ -154,8 +156,7 @@ TOY = BuildConfig(
     text=TextEncoderConfig(vocab_size=SHAPES_TEXT.vocab_size, dim=32, num_layers=1, num_heads=1,
                            max_len=16),
     dit_steps=2, dit2_steps=2, dit2_warmup=1, dit3_steps=2, dit3_warmup=1, dit_batch=2,
-    dit_warmup=1, dit_checkpoint_every=1,
-    dit_processes=2, tune_clips=2,
+    dit_warmup=1, dit_checkpoint_every=1, dit_processes=2, tune_clips=2,
     tune_image_steps=2, tune_video_steps=2, tune_heldout=(1, 1), eval_seeds=1, eval_limit=2,
     eval_settings=(("T2V", "euler", 2), ("TI2V", "euler", 2)))
 
