@@ -178,7 +178,10 @@ def test_a_model_naming_its_own_latent_format_is_previewed_with_its_factors(comf
     from comfy.cli_args import LatentPreviewMethod, args
 
     fmt_module = pack.core.vae.latent_format
+    # The pack may have been imported before ComfyUI was on the path (an earlier test of the
+    # session): hand its host ComfyUI's memory manager as well as the flag.
     monkeypatch.setattr(pack.nodes.host, "HAVE_COMFY", True)
+    monkeypatch.setattr(pack.nodes.host, "_mm", comfy("comfy.model_management"))
     monkeypatch.setattr(args, "preview_method", LatentPreviewMethod.Latent2RGB)
     g = torch.Generator().manual_seed(0)
     own = fmt_module.LatentFormat("own16", fmt_module.WAN21.mean, fmt_module.WAN21.std,
