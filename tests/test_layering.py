@@ -38,9 +38,11 @@ def test_scanner_catches_a_forbidden_import(tmp_path):
     assert [r for _, r, _ in _imported_roots(bad) if r in FORBIDDEN] == ["comfy"]
 
 
-def test_pack_imports_without_comfyui_and_stays_light():
+def test_pack_imports_without_comfyui_and_stays_light(tmp_path):
     # A fresh interpreter: the pack must import with no ComfyUI and without importing the core's
-    # model code (nothing heavy at import time).
+    # model code (nothing heavy at import time). It starts in an empty folder: `python -c` puts
+    # its working folder on sys.path, where a neighbour named `comfy` (a ComfyUI checkout next to
+    # the pack's clone) would be imported as a namespace package.
     code = (
         "import sys, importlib.util;"
         f"spec = importlib.util.spec_from_file_location('somepack', r'{ROOT / '__init__.py'}',"
@@ -53,7 +55,7 @@ def test_pack_imports_without_comfyui_and_stays_light():
         "heavy = [k for k in sys.modules if k.startswith('somepack.core.dit') or k.startswith('somepack.core.vae')];"
         "assert not heavy, heavy"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT.parent)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
 
 
 def test_core_runs_as_a_module():
