@@ -17,7 +17,7 @@ DEFAULT_SOLVER = "unipc"
 SOLVER_NAMES = ("dpmpp_2m", "euler", "heun", "unipc")
 
 # Steps vs quality (model card, T2V, 84 held-out cases, cfg 3): at 4 steps every solver still
-# draws the prompted colour and direction (100%) and shape (94-100%), but with softer edges (IoU
-# 0.813-0.825 against 0.824-0.828) and an object that wavers more (area steady in 11-27% of the
-# clips against 21-32% from 10 steps on). Below this many steps the command line says so.
+# draws the prompted colour and direction (100%) and shape (97.6-98.8%), but with softer edges
+# (IoU 0.816-0.828 against 0.831-0.833) and an object that wavers more (area steady in 24-31% of
+# the clips against 31-36% from 10 steps on). Below this many steps the command line says so.
 MIN_STEADY_STEPS = 10
