@@ -43,6 +43,7 @@ class GenerateOptions:
     steps: int = settings.DEFAULT_STEPS         # solver steps
     shift: float = settings.DEFAULT_SHIFT       # schedule shift (1 = none; > 1: more high-noise steps)
     cfg: float = settings.DEFAULT_CFG           # classifier-free guidance scale (1 = off)
+    cfg_until: float = settings.DEFAULT_CFG_UNTIL  # guidance only at sigma > this (0 = every step)
     solver: str = settings.DEFAULT_SOLVER       # euler | heun | dpmpp_2m | unipc
     seed: int = 0                               # noise seed
     frames: int = settings.FRAMES               # pixel frames, 4n + 1
@@ -72,6 +73,9 @@ class GenerateOptions:
         # `not x > 0` also refuses NaN, which every comparison lets through.
         if not (math.isfinite(self.cfg) and self.cfg > 0):
             raise ValueError(f"cfg must be a finite number > 0 (1 = no guidance), got {self.cfg}")
+        if not (math.isfinite(self.cfg_until) and 0 <= self.cfg_until < 1):
+            raise ValueError(f"cfg_until must be in [0, 1) (0 = guidance on every step), got "
+                             f"{self.cfg_until}")
         if not (math.isfinite(self.shift) and self.shift > 0):
             raise ValueError(f"shift must be a finite number > 0 (1 = no shift), got {self.shift}")
         if not 0 <= self.seed < 2 ** 63:
@@ -144,7 +148,8 @@ def generate(options: GenerateOptions, model=None, *, parallel=None,
         request = SampleRequest(
             latent=latent, sigmas=flow_sigmas(options.steps, options.shift),
             context=text.encode([options.prompt]), negative_context=text.encode([options.negative]),
-            seed=options.seed, solver=options.solver, cfg=options.cfg, noise_mask=noise_mask,
+            seed=options.seed, solver=options.solver, cfg=options.cfg,
+            cfg_until=options.cfg_until, noise_mask=noise_mask,
             step_cache=StepCacheConfig(threshold=options.cache) if options.cache > 0 else None)
         raw = sample_video(dit, request, device=torch.device("cpu"))
         video = vae.decode_raw(raw)                                        # [1, 3, T, H, W]
@@ -243,6 +248,9 @@ def add_generate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cfg", type=_positive_float(), default=settings.DEFAULT_CFG,
                    help="guidance scale: how strongly to follow the prompt, 1 = off (one model "
                         "call per step instead of two) (default: %(default)s)")
+    p.add_argument("--cfg-until", type=float, default=settings.DEFAULT_CFG_UNTIL,
+                   help="guide only while the noise level sigma is above this, in [0, 1); below "
+                        "it one model call per step; 0 = guide every step (default: %(default)s)")
     p.add_argument("--solver", default=settings.DEFAULT_SOLVER, choices=settings.SOLVER_NAMES,
                    help="ODE solver (default: %(default)s)")
     p.add_argument("--seed", type=_int(0), default=0,
@@ -289,7 +297,7 @@ def _is_first_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-_OPTION_FIELDS = ("steps", "shift", "cfg", "seed", "frames", "width", "height", "cache")
+_OPTION_FIELDS = ("steps", "shift", "cfg", "cfg_until", "seed", "frames", "width", "height", "cache")
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -299,12 +307,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     # Every check that needs no model comes first (and before torch is imported).
     try:
         options = GenerateOptions(prompt=args.prompt, steps=args.steps, shift=args.shift,
-                                  cfg=args.cfg, solver=args.solver, seed=args.seed,
-                                  frames=args.frames, width=args.width, height=args.height,
-                                  cache=args.cache, compile=args.compile)
+                                  cfg=args.cfg, cfg_until=args.cfg_until, solver=args.solver,
+                                  seed=args.seed, frames=args.frames, width=args.width,
+                                  height=args.height, cache=args.cache, compile=args.compile)
     except ValueError as err:     # "frames must be ..." -> "--frames must be ..."
         option = str(err).split()[0]
-        raise ValueError(f"--{err}" if option in _OPTION_FIELDS else str(err)) from None
+        text = str(err)
+        raise ValueError(f"--{option.replace('_', '-')}{text[len(option):]}"
+                         if option in _OPTION_FIELDS else text) from None
     try:
         kind = check_output_path(args.out)
     except ValueError as err:

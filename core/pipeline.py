@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from .flow.guidance import guidance_interval
 from .flow.noise import initial_noise
 from .flow.sampler import sample_stages
 from .flow.stages import Stage
@@ -33,6 +34,7 @@ class SampleRequest:
     solver: str = "unipc"                     # a name from flow.solvers.SOLVERS
     cfg: float = 5.0                          # guidance scale; 1 = no negative pass
     negative_context: torch.Tensor | None = None  # [1 or B, L', D]; needed when cfg != 1
+    cfg_until: float = 0.0                    # guidance only at sigma > cfg_until (0: every step)
     noise_mask: torch.Tensor | None = None    # [B, 1, F, H, W]: 0 on a given first frame (TI2V), 1 elsewhere
     concat_latent: torch.Tensor | None = None  # Wan2.1 I2V raw image latent [1 or B, C, F, H, W]
     concat_mask: torch.Tensor | None = None   # Wan2.1 I2V mask [1, 1 or 4, F, H, W]: 0 on given frames
@@ -138,6 +140,7 @@ def sample_video(dit: torch.nn.Module | Sequence[Expert], request: SampleRequest
     scales = [float(w) for w in scales]
     if any(w != 1.0 for w in scales) and request.negative_context is None:
         raise ValueError("cfg > 1 needs a negative conditioning; connect one or set cfg to 1")
+    schedules = [guidance_interval(w, request.cfg_until) for w in scales]   # checks cfg_until
     sigmas = torch.as_tensor(request.sigmas, dtype=torch.float64).reshape(-1)
     if sigmas.numel() - 1 > MAX_STEPS:
         raise ValueError(f"{sigmas.numel() - 1} steps is more than the {MAX_STEPS} allowed; "
@@ -185,7 +188,8 @@ def sample_video(dit: torch.nn.Module | Sequence[Expert], request: SampleRequest
         call.config = module.config  # the sampler reads the patch size (TI2V per-token timesteps) from it
         return call
 
-    stages = [Stage(dit_call(e.dit), e.sigma_min, w, e.activate, e.name) for e, w in zip(experts, scales)]
+    stages = [Stage(dit_call(e.dit), e.sigma_min, w, e.activate, e.name)
+              for e, w in zip(experts, schedules)]
     out = sample_stages(stages, noise, sigmas.to(device), positive=cast(request.context),
                         negative=cast(request.negative_context), solver=request.solver,
                         latent=x0 if float(sigmas[0]) < 1.0 else None, first_frame=first,

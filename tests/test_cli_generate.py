@@ -45,6 +45,9 @@ def bad_cases(tmp: Path):
         "cfg nan": (["--cfg", "nan"], "--cfg"),
         "cfg inf": (["--cfg", "inf"], "--cfg"),
         "cfg 0": (["--cfg", "0"], "--cfg"),
+        "cfg-until 1": (["--cfg-until", "1"], "--cfg-until"),
+        "cfg-until negative": (["--cfg-until", "-0.1"], "--cfg-until"),
+        "cfg-until nan": (["--cfg-until", "nan"], "--cfg-until"),
         "out existing folder": (["--out", str(full)], "--out"),
         "out txt": (["--out", str(tmp / "x.txt")], "--out"),
         "out no suffix": (["--out", str(tmp / "clip")], "--out"),
@@ -66,7 +69,8 @@ def bad_cases(tmp: Path):
 
 
 CASES = [
-    "cfg nan", "cfg inf", "cfg 0", "out existing folder", "out txt", "out no suffix", "threads -1",
+    "cfg nan", "cfg inf", "cfg 0", "cfg-until 1", "cfg-until negative", "cfg-until nan",
+    "out existing folder", "out txt", "out no suffix", "threads -1",
     "threads 0", "frames 16", "steps 0", "steps huge", "solver", "width", "shift nan",
     "image not an image", "image missing", "empty prompt", "cache negative", "cache nan",
     "ulysses 0"]
@@ -111,11 +115,12 @@ def test_help_shows_a_meaning_and_the_default_of_every_option():
     result = run_cli("generate", "--help")
     assert result.returncode == 0
     text = " ".join(result.stdout.split())                # undo argparse's line wrapping
-    for option in ("--out", "--image", "--steps", "--shift", "--cfg", "--solver", "--seed",
+    for option in ("--out", "--image", "--steps", "--shift", "--cfg", "--cfg-until", "--solver", "--seed",
                    "--frames", "--width", "--height", "--threads", "--strict"):
         block = text.split(f" {option} ", 1)[1].split(" --", 1)[0]
         assert "default" in block and len(block) > 30, (option, block)
     for value in (f"(default: {settings.DEFAULT_STEPS})", f"(default: {settings.DEFAULT_CFG})",
+                  f"(default: {settings.DEFAULT_CFG_UNTIL})",
                   f"(default: {settings.DEFAULT_SHIFT})", f"(default: {settings.DEFAULT_SOLVER})",
                   f"(default: {settings.FRAMES})", "(default: clip.mp4)"):
         assert value in text, value

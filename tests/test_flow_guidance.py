@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from core.flow.guidance import GuidedVelocity
+from core.flow.guidance import GuidedVelocity, guidance_interval
 from core.flow.sampler import sample
 from core.flow.schedules import flow_sigmas
 from core.flow.solvers import SOLVERS, SamplingCancelled
@@ -144,3 +144,31 @@ def test_guidance_without_negative_is_a_clear_error():
     g = GuidedVelocity(StandInDiT(), pos, None, cfg=lambda s: 2.0)
     with pytest.raises(ValueError, match="negative"):
         g(latent(), torch.full((2,), 0.5, dtype=torch.float64))
+
+
+def test_guidance_interval_guides_above_its_sigma_and_not_at_or_below():
+    w = guidance_interval(4.0, 0.7)
+    assert [w(s) for s in (1.0, 0.71, 0.7, 0.3, 0.0)] == [4.0, 4.0, 1.0, 1.0, 1.0]
+    assert guidance_interval(4.0, 0.0) == 4.0                  # 0: the plain scale, every step
+    for bad in (1.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="cfg_until"):
+            guidance_interval(3.0, bad)
+
+
+def test_guidance_interval_runs_cfg_above_and_the_positive_pass_alone_below():
+    """Euler over a schedule crossing the interval's sigma: the steps above it equal plain CFG
+    (two contexts per call), the steps below equal cfg 1 (one call on the positive only)."""
+    pos, neg = contexts()
+    x = latent()
+    sigmas = flow_sigmas(8, shift=1.0)                  # 1, 0.875, ..., 0.125, 0
+    until = 0.5
+    dit = StandInDiT()
+    out = SOLVERS["euler"](GuidedVelocity(dit, pos, neg, cfg=guidance_interval(3.0, until),
+                                          sigmas=sigmas), x, sigmas)
+    above = int((sigmas[:-1] > until).sum())
+    assert [c["batch"] for c in dit.calls] == [4] * above + [2] * (8 - above)
+    split = above
+    hi, lo = sigmas[:split + 1], sigmas[split:]
+    mid = SOLVERS["euler"](GuidedVelocity(StandInDiT(), pos, neg, cfg=3.0), x, hi)
+    ref = SOLVERS["euler"](GuidedVelocity(StandInDiT(), pos, neg, cfg=1.0), mid, lo)
+    assert torch.equal(out, ref)

@@ -45,6 +45,21 @@ def _pad_tokens(ctx: torch.Tensor, length: int) -> torch.Tensor:
     return torch.cat([ctx, ctx.new_zeros(ctx.shape[0], length - ctx.shape[1], *ctx.shape[2:])], dim=1)
 
 
+def guidance_interval(w: float, sigma_min: float) -> Schedule:
+    """The schedule "w at model calls with sigma > sigma_min, 1 at or below": guidance only while
+    the noise is high (a guidance interval; sigma_min 0: w everywhere). At low noise the model
+    only sharpens what is already decided, and the extrapolation of guidance there overshoots
+    (the default model's objects then change size from frame to frame); w = 1 also skips the
+    negative pass on those steps."""
+    w, sigma_min = float(w), float(sigma_min)
+    if not 0.0 <= sigma_min < 1.0:
+        raise ValueError(f"cfg_until must be in [0, 1) (the sigma below which guidance stops; "
+                         f"0 = guidance on every step), got {sigma_min}")
+    if sigma_min == 0.0:
+        return w
+    return lambda sigma: w if sigma > sigma_min else 1.0
+
+
 def combine(v_uncond: torch.Tensor, v_cond: torch.Tensor, w: float) -> torch.Tensor:
     """v = v_u + w (v_c - v_u); all tensors share one shape."""
     return v_uncond + w * (v_cond - v_uncond)
