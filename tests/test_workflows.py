@@ -142,3 +142,18 @@ def test_a14b_workflows_wire_two_experts_into_one_sampler(name):
     note = next(n for n in json.loads((ROOT / "workflows" / f"{name}.json").read_text())["nodes"]
                 if n["type"] == "Note")["widgets_values"][0]
     assert all(f in note for f in files) and "wan_2.1_vae.safetensors" in note
+
+
+def test_default_workflow_samples_at_the_command_lines_default_settings():
+    """The default workflow and `python -m core generate` draw with the same settings (the model
+    card's tables are measured at them)."""
+    from core.default_model import settings
+
+    api = json.loads((ROOT / "workflows" / "api" / "flowdit_default_text_to_video.json").read_text())
+    by_type = {entry["class_type"]: entry["inputs"] for entry in api.values()}
+    sampler, scheduler = by_type["FlowDiTSampler"], by_type["FlowDiTScheduler"]
+    assert (sampler["solver"], sampler["cfg"], sampler["cfg_until"]) == (
+        settings.DEFAULT_SOLVER, settings.DEFAULT_CFG, settings.DEFAULT_CFG_UNTIL)
+    assert (scheduler["steps"], scheduler["shift"]) == (settings.DEFAULT_STEPS,
+                                                        settings.DEFAULT_SHIFT)
+    assert by_type["FlowDiTSaveVideo"]["fps"] == settings.FPS

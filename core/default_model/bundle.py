@@ -18,8 +18,8 @@ import torch
 from ..dit.config import DiTConfig
 from ..synthetic.shapes import BACKGROUNDS, COLOURS, DIRECTIONS, SHAPES
 from ..text.encoder import TextEncoderConfig
-from .settings import (DEFAULT_CFG, DEFAULT_SHIFT, DEFAULT_SOLVER, DEFAULT_STEPS,  # noqa: F401
-                       FPS, FRAMES, HEIGHT, WIDTH)
+from .settings import (DEFAULT_CFG, DEFAULT_CFG_UNTIL, DEFAULT_SHIFT,  # noqa: F401
+                       DEFAULT_SOLVER, DEFAULT_STEPS, FPS, FRAMES, HEIGHT, WIDTH)
 
 ROOT = Path(__file__).resolve().parent
 DIT_PATH = ROOT / "diffusion_models" / "flowdit_shapes_dit.safetensors"

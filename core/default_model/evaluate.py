@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..flow.guidance import guidance_interval
 from ..flow.noise import initial_noise
 from ..flow.sampler import sample
 from ..flow.schedules import flow_sigmas
@@ -59,7 +60,8 @@ def heldout_cases(seeds: int = 2, split: str = "heldout") -> list[Case]:
 @torch.no_grad()
 def generate_batch(model: bundle.DefaultModel, cases: list[Case], *, steps: int, solver: str,
                    shift: float = bundle.DEFAULT_SHIFT, cfg: float = bundle.DEFAULT_CFG,
-                   ti2v: bool = False, batch: int = 32) -> list[np.ndarray]:
+                   cfg_until: float = bundle.DEFAULT_CFG_UNTIL, ti2v: bool = False,
+                   batch: int = 32) -> list[np.ndarray]:
     """Frames uint8 [T, H, W, 3] per case."""
     vae, dit, text = model.vae, model.dit, model.text
     f, s = vae.latent_frames(bundle.FRAMES), vae.spatial_stride
@@ -76,7 +78,8 @@ def generate_batch(model: bundle.DefaultModel, cases: list[Case], *, steps: int,
             images = torch.stack([torch.from_numpy(c.first_frame()) for c in group]).float()
             x = (images / 127.5 - 1.0).permute(0, 3, 1, 2)[:, :, None]          # [b, 3, 1, H, W]
             first = vae.encode(x)                                                # [b, z, 1, h, w]
-        latent = sample(dit, noise, sigmas, positive=context, negative=negative, cfg=cfg,
+        latent = sample(dit, noise, sigmas, positive=context, negative=negative,
+                        cfg=guidance_interval(cfg, cfg_until),
                         solver=solver, first_frame=first)
         video = vae.decode(latent)                                               # [b, 3, T, H, W]
         frames = ((video.permute(0, 2, 3, 4, 1) + 1.0) * 127.5).round().clamp(0, 255).byte()
@@ -137,13 +140,16 @@ def table_row(mode: str, settings: str, r: dict[str, float]) -> str:
             f"{r['colour_steady']:.1%} | {r['flat']:.1%} | {r['first_frame']:.1%} | {ff} |")
 
 
-def settings_label(solver: str, steps: int, cfg: float = bundle.DEFAULT_CFG) -> str:
-    return f"{solver}, {steps} steps, shift {bundle.DEFAULT_SHIFT}, cfg {cfg}"
+def settings_label(solver: str, steps: int, cfg: float = bundle.DEFAULT_CFG,
+                   cfg_until: float = bundle.DEFAULT_CFG_UNTIL) -> str:
+    until = f" above sigma {cfg_until}" if cfg_until > 0 else ""
+    return f"{solver}, {steps} steps, shift {bundle.DEFAULT_SHIFT}, cfg {cfg}{until}"
 
 
 def evaluate(model: bundle.DefaultModel, settings: list[tuple[str, str, int]], seeds: int = 2,
              split: str = "heldout", log=print, limit: int | None = None,
-             cfg: float = bundle.DEFAULT_CFG) -> list[dict]:
+             cfg: float = bundle.DEFAULT_CFG,
+             cfg_until: float = bundle.DEFAULT_CFG_UNTIL) -> list[dict]:
     """Generate and score every (mode 'T2V'|'TI2V', solver, steps) on the held-out cases (the
     first `limit` of them if given); returns one dict per setting (with 'mode', 'solver',
     'steps', 'seconds' and the scores)."""
@@ -152,11 +158,11 @@ def evaluate(model: bundle.DefaultModel, settings: list[tuple[str, str, int]], s
     for mode, solver, steps in settings:
         t0 = time.time()
         clips = generate_batch(model, cases, steps=steps, solver=solver, ti2v=mode == "TI2V",
-                               cfg=cfg)
+                               cfg=cfg, cfg_until=cfg_until)
         r = {"mode": mode, "solver": solver, "steps": steps, **score(cases, clips, mode == "TI2V"),
              "seconds": time.time() - t0}
         rows.append(r)
-        log(table_row(mode, settings_label(solver, steps, cfg), r))
+        log(table_row(mode, settings_label(solver, steps, cfg, cfg_until), r))
     return rows
 
 
@@ -201,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep-steps", default="4,10,20")
     parser.add_argument("--sweep-modes", default="T2V", help="T2V, TI2V or T2V,TI2V")
     parser.add_argument("--cfg", type=float, default=bundle.DEFAULT_CFG)
+    parser.add_argument("--cfg-until", type=float, default=bundle.DEFAULT_CFG_UNTIL,
+                        help="guidance only above this sigma (0: every step)")
     parser.add_argument("--split", default="heldout", choices=("heldout", "train"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--cases-out", default=None,
@@ -214,12 +222,14 @@ def main(argv: list[str] | None = None) -> int:
         print(TABLE_HEADER)
     for ti2v in (() if args.only_sweep else (False, True)):
         t0 = time.time()
-        clips = generate_batch(model, cases, ti2v=ti2v, cfg=args.cfg, **defaults)
+        clips = generate_batch(model, cases, ti2v=ti2v, cfg=args.cfg, cfg_until=args.cfg_until,
+                               **defaults)
         r = score(cases, clips, ti2v)
         if args.cases_out and not ti2v:
             _write_cases(args.cases_out, cases, clips)
         print(table_row("TI2V" if ti2v else "T2V",
-                        settings_label(defaults["solver"], defaults["steps"], args.cfg), r),
+                        settings_label(defaults["solver"], defaults["steps"], args.cfg,
+                                       args.cfg_until), r),
               flush=True)
         print(f"  ({time.time() - t0:.0f}s)", flush=True)
     if args.sweep or args.only_sweep:
@@ -230,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluate(model, [(mode, solver, steps) for mode in modes
                          for solver in ("euler", "heun", "dpmpp_2m", "unipc")
                          for steps in steps_list],
-                 seeds=args.sweep_seeds, split=args.split, cfg=args.cfg,
+                 seeds=args.sweep_seeds, split=args.split, cfg=args.cfg, cfg_until=args.cfg_until,
                  log=lambda row: print(row, flush=True))
     return 0
 

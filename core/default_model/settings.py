@@ -9,8 +9,11 @@ WIDTH, HEIGHT, FRAMES = 64, 64, 17   # trained size: 64x64 pixels, 17 frames (4n
 FPS = 16.0                           # frame rate of the written video (the training clips' rate)
 DEFAULT_STEPS = 20                   # solver steps
 DEFAULT_SHIFT = 2.0                  # schedule shift (1 = none)
-DEFAULT_CFG = 3.0                    # classifier-free guidance scale (1 = off); model card: 3 keeps
-                                     # the shape of 4 and steadies the object and the first frame
+DEFAULT_CFG = 5.0                    # classifier-free guidance scale (1 = off), used only while
+                                     # sigma > DEFAULT_CFG_UNTIL
+DEFAULT_CFG_UNTIL = 0.7              # guidance only while sigma > this, then cfg 1 (a guidance
+                                     # interval). Model card: chosen on held-out prompts at seeds 2
+                                     # and 3; steadier objects and crisper edges than cfg 3 throughout
 DEFAULT_SOLVER = "unipc"
 
 # The names of core.flow.solvers.SOLVERS (tests/test_cli_generate.py keeps the two equal).

@@ -43,7 +43,7 @@ def wan_common(dit_file, vae_file, positive, steps, shift, cfg, fps, solver="uni
         node(3, "CLIPLoader", {"clip_name": UMT5, "type": "wan", "device": "default"}),
         *text_nodes(4, 3, positive),
         node(6, "FlowDiTScheduler", {"steps": steps, "shift": shift, "denoise": 1.0}),
-        node(8, "FlowDiTSampler", {"solver": solver, "cfg": cfg, "seed": 42},
+        node(8, "FlowDiTSampler", {"solver": solver, "cfg": cfg, "seed": 42, "cfg_until": 0.0},
              {"model": (1, 0), "positive": (4, 0), "negative": (5, 0), "latent": (7, 0), "sigmas": (6, 0)}),
         node(9, "FlowDiTVAEDecode", {"tiling": "off", "tile_size": 256, "tile_overlap": 64},
              {"vae": (2, 0), "latent": (8, 0)}),
@@ -119,7 +119,7 @@ def a14b(kind, positive, *, steps, shift, cfg, solver, switch, size, lora, cfg_h
         nodes.append(node(7, "FlowDiTI2VConditioning", sizes,
                           {"positive": (4, 0), "negative": (5, 0), "vae": (2, 0), **images}))
         sampler_links = {"positive": (7, 0), "negative": (7, 1), "latent": (7, 2)}
-    nodes.append(node(8, "FlowDiTSampler", {"solver": solver, "cfg": cfg, "seed": 42},
+    nodes.append(node(8, "FlowDiTSampler", {"solver": solver, "cfg": cfg, "seed": 42, "cfg_until": 0.0},
                       {"model": (16, 0), "sigmas": (6, 0), **sampler_links}))
     files = [f"- ComfyUI/models/diffusion_models/{high}", f"- ComfyUI/models/diffusion_models/{low}"]
     if lora:
@@ -148,11 +148,11 @@ WORKFLOWS = {
         node(6, "FlowDiTScheduler", {"steps": 20, "shift": 2.0, "denoise": 1.0}),
         node(7, "FlowDiTEmptyVideoLatent", {"width": 64, "height": 64, "length": 17, "batch_size": 1},
              {"vae": (2, 0)}),
-        node(8, "FlowDiTSampler", {"solver": "unipc", "cfg": 4.0, "seed": 0},
+        node(8, "FlowDiTSampler", {"solver": "unipc", "cfg": 5.0, "seed": 0, "cfg_until": 0.7},
              {"model": (1, 0), "positive": (4, 0), "negative": (5, 0), "latent": (7, 0), "sigmas": (6, 0)}),
         node(9, "FlowDiTVAEDecode", {"tiling": "off", "tile_size": 256, "tile_overlap": 64},
              {"vae": (2, 0), "latent": (8, 0)}),
-        node(10, "FlowDiTSaveVideo", {"fps": 8.0, "filename_prefix": "FlowDiT/shapes", "format": "mp4"},
+        node(10, "FlowDiTSaveVideo", {"fps": 16.0, "filename_prefix": "FlowDiT/shapes", "format": "mp4"},
              {"images": (9, 0)}),
         note(11, "FlowDiT's own small default model: runs offline on a CPU in seconds, no download.\n\n"
                  "Its three files ship inside the pack (core/default_model/) and appear in the loaders "
