@@ -327,10 +327,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             print(f"--image {args.image}: {fit}", file=sys.stderr)
         options = replace(options, image=image)
     if options.steps < settings.MIN_STEADY_STEPS and _is_first_process():
-        print(f"note: --steps {options.steps} is below {settings.MIN_STEADY_STEPS}: the default "
-              f"model still draws the prompted colour, direction and shape, but with softer edges "
-              f"and a less steady object (model card: 'Scores of the shipped model')",
-              file=sys.stderr)
+        if options.cfg_until > 0 and options.cfg != 1.0:
+            advice = (f"with guidance only above sigma {options.cfg_until} few steps are guided and "
+                      f"the shape often comes out wrong; for few steps use --cfg 3 --cfg-until 0")
+        else:
+            advice = ("the default model still draws the prompted colour, direction and shape, "
+                      "but with softer edges and a less steady object")
+        print(f"note: --steps {options.steps} is below {settings.MIN_STEADY_STEPS}: {advice} "
+              f"(model card: 'Scores of the shipped model')", file=sys.stderr)
 
     import torch
 

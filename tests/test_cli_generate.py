@@ -160,6 +160,7 @@ def test_png_output_unknown_words_low_steps(tmp_path):
     unknown = [line for line in lines if "unknown words" in line]
     assert len(unknown) == 1 and "purple, jumping" in unknown[0] and "magenta" in unknown[0]
     assert sum("--steps 2" in line for line in lines) == 1 and len(lines) == 2, lines
+    assert any("--steps 2" in line and "--cfg-until 0" in line for line in lines), lines  # the fix
     with Image.open(out) as im:
         assert im.format == "PNG" and im.n_frames == 5
     assert stat.S_IMODE(out.stat().st_mode) == 0o644
