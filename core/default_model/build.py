@@ -1,7 +1,7 @@
 """Build the default model from nothing with one resumable command.
 
     python -m core.default_model.build --work runs/default_model [--resume] [--stage S[,S]]
-        [--seed 0] [--workers 2] [--toy]
+        [--seed 0] [--recipe x4t] [--workers 2] [--toy]
 
 Stages, in order (each writes `<work>/state/<stage>.json` when done and is skipped after that):
 
@@ -49,6 +49,7 @@ from ..dit.config import DiTConfig
 from ..text.encoder import TextEncoderConfig
 from ..vae.config import VAEConfig
 from .bundle import SHAPES_DIT, SHAPES_TEXT
+from .settings import FRAMES
 
 STAGES = ("data", "vae", "latents", "dit", "dit2", "dit3", "decoder", "export", "evaluate")
 NEEDS = {"data": (), "vae": ("data",), "latents": ("vae",), "dit": ("latents",),
@@ -144,6 +145,26 @@ class BuildConfig:
         nested = {"vae": VAEConfig, "dit": DiTConfig, "text": TextEncoderConfig}
         return cls(**{k: nested[k](**{n: tuples(v) for n, v in value.items()}) if k in nested
                       else tuples(value) for k, value in data.items()})
+
+
+# Recipes (`--recipe`). "x4t" made the shipped weights. "x2t" differs only in the VAE's time
+# stride: its second down-sampling stage halves time, its first does not (x2 in time, 9 latent
+# frames for 17, 576 DiT tokens: ~1.8x the DiT's step time). Measured with
+# tests/benchmarks/diag_vae_variants.py, 3,000 steps of this `vae` stage recipe each, held-out
+# round trip: x4 in time IoU 0.778, 29.5 dB, area steady 65.5%; x2 in time 0.799, 30.7 dB, 91.7%
+# (wider, 32 channels or an edge loss: 0.773-0.788). The DiT recipe is unchanged.
+RECIPES = {
+    "x4t": BuildConfig(),
+    "x2t": BuildConfig(vae=dataclasses.replace(BUILD_VAE, temporal_downsample=(False, True))),
+}
+DEFAULT_RECIPE = "x4t"
+
+
+def toy(cfg: BuildConfig = RECIPES[DEFAULT_RECIPE]) -> BuildConfig:
+    """Seconds-sized models and budgets with `cfg`'s VAE time stride: the whole pipeline in a
+    test."""
+    return dataclasses.replace(
+        TOY, vae=dataclasses.replace(TOY.vae, temporal_downsample=cfg.vae.temporal_downsample))
 
 
 # Seconds-sized: the whole pipeline in a test.
@@ -413,7 +434,8 @@ def stage_decoder(work: Work, cfg: BuildConfig) -> dict:
     first = export(work["decoder1"] / "last.pt", work["decoder1_out"], check_clips=2,
                    do_fold=False, vae_config=cfg.vae)
     tune(work["decoder2"], work["decoder1_out"],
-         TuneConfig(steps=cfg.tune_video_steps, images=0, clips=2, latent_frames=5, lr=2e-4,
+         TuneConfig(steps=cfg.tune_video_steps, images=0, clips=2,
+                    latent_frames=(FRAMES - 1) // cfg.vae.temporal_stride + 1, lr=2e-4,
                     crop=cfg.tune_crop, keep_first_frame=True, **common),
          resume=True, n_clips=cfg.tune_clips, vae_config=cfg.vae)
     second = export(work["decoder2"] / "last.pt", work["decoder2_out"], check_clips=2,
@@ -597,7 +619,8 @@ def _build(work_dir: Path, cfg: BuildConfig, resume: bool, stages: tuple[str, ..
         if changed:
             raise ValueError(f"{work.root} was started with another configuration "
                              f"({', '.join(changed)} differ; see {recorded}); resume with the "
-                             f"same options (--seed, --toy), or use another --work folder")
+                             f"same options (--seed, --recipe, --toy), or use another --work "
+                             f"folder")
     else:
         _write_json(recorded, cfg.to_json())
     # The whole configuration of this run (the record above may predate some options), for the
@@ -633,6 +656,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage", default=",".join(STAGES),
                         help=f"comma-separated stages to run (of {', '.join(STAGES)})")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE,
+                        help=f"which recipe (default {DEFAULT_RECIPE}: the shipped weights')")
     parser.add_argument("--workers", type=int, default=2,
                         help="processes for parallel stages (latents, decoder beside dit)")
     parser.add_argument("--toy", action="store_true", help="seconds-sized models (tests)")
@@ -647,7 +672,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown stage(s) {', '.join(unknown)}; use {', '.join(STAGES)}")
     # One thread per process: on the shared 2-core machine a second OpenMP thread mostly waits.
     torch.set_num_threads(1)
-    cfg = dataclasses.replace(TOY if args.toy else BuildConfig(), seed=args.seed)
+    recipe = RECIPES[args.recipe]
+    cfg = dataclasses.replace(toy(recipe) if args.toy else recipe, seed=args.seed)
     try:
         if args.shard is not None or args.dit_rank is not None or args.helper_stage:
             # Started by a build process, which holds the work folder's lock (so these do not

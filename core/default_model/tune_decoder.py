@@ -69,9 +69,8 @@ class TuneConfig:
     heldout_clips: int = 6      # held-out whole clips scored at each checkpoint
 
     def __post_init__(self) -> None:
-        if not 1 <= self.latent_frames <= 5:
-            raise ValueError(f"latent_frames must be 1..5 (17-frame clips), "
-                             f"got {self.latent_frames}")
+        if self.latent_frames < 1:
+            raise ValueError(f"latent_frames must be at least 1, got {self.latent_frames}")
         if self.images < 0 or self.clips < 0 or self.images + self.clips == 0:
             raise ValueError(f"need images or clips per step, got {self.images} and {self.clips}")
         if not 1 <= self.crop <= 16:
@@ -122,16 +121,17 @@ def video_batch(cache: Cache, cfg: TuneConfig,
                 g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Latent crops [B, z, F, c, c] around the object and their pixels [B, 3, T, sc, sc] (s: the
     VAE's spatial stride)."""
-    n, _, _, h, w = cache.clip_latents.shape
+    n, _, f, h, w = cache.clip_latents.shape
     stride = cache.clips.shape[2] // h
+    ts = (cache.clips.shape[1] - 1) // (f - 1)      # the VAE's temporal stride (4n+1 -> n+1 for 4)
     lat, pix = [], []
     for k in torch.randint(0, n, (cfg.clips,), generator=g).tolist():
-        t = int(torch.randint(0, 4 * cfg.latent_frames - 3, (1,), generator=g))
+        t = int(torch.randint(0, ts * (cfg.latent_frames - 1) + 1, (1,), generator=g))
         cx, cy = (cache.centres[k, t] / stride).tolist()
         jx, jy = (torch.rand(2, generator=g) - 0.5) * cfg.crop / 2
         top = int(np.clip(round(cy + float(jy) - cfg.crop / 2), 0, h - cfg.crop))
         left = int(np.clip(round(cx + float(jx) - cfg.crop / 2), 0, w - cfg.crop))
-        frames = 4 * (cfg.latent_frames - 1) + 1
+        frames = ts * (cfg.latent_frames - 1) + 1
         rows, cols = slice(top, top + cfg.crop), slice(left, left + cfg.crop)
         pixel_rows = slice(stride * top, stride * rows.stop)
         pixel_cols = slice(stride * left, stride * cols.stop)
@@ -194,6 +194,10 @@ def tune(out: Path, init: Path, cfg: TuneConfig, resume: bool = False, n_clips: 
         _save(cache_path, cache.__dict__)
         print(f"cached {len(cache.images)} images and {n_clips} clips in {time.time() - t0:.0f}s",
               flush=True)
+    if cfg.clips and cfg.latent_frames > cache.clip_latents.shape[2]:
+        raise ValueError(f"latent_frames {cfg.latent_frames} is more than the "
+                         f"{cache.clip_latents.shape[2]} latent frames of a "
+                         f"{cache.clips.shape[1]}-frame clip")
     for module in (model.encoder, model.conv1):
         module.requires_grad_(False)
     if cfg.keep_first_frame:
