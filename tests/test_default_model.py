@@ -484,3 +484,25 @@ def test_dit_phase_starts_its_ranks_once_more_after_one_failure(tmp_path, monkey
     with pytest.raises(RuntimeError, match="worker process failed"):
         b.stage_dit(work, b.TOY, [], "dit3")
     assert calls == ["dit3", "dit3"]
+
+
+def test_recipe_x2t_encodes_nine_latent_frames_and_resumes_only_as_itself(tmp_path, capsys):
+    """`--recipe x2t`: the VAE halves time once (17 frames -> 9 latent frames) and the DiT trains
+    on those; a work folder started with one recipe refuses to resume with the other."""
+    import torch
+
+    from core.default_model.build import RECIPES, main
+    from core.vae.loader import load_vae
+
+    assert RECIPES["x2t"].vae.temporal_stride == 2 and RECIPES["x4t"].vae.temporal_stride == 4
+    # The recipes differ in the VAE's time stride only.
+    from dataclasses import replace
+    assert replace(RECIPES["x2t"], vae=RECIPES["x4t"].vae) == RECIPES["x4t"]
+    work = tmp_path / "w"
+    args = ["--work", str(work), "--toy", "--workers", "1"]
+    assert main(args + ["--recipe", "x2t", "--stage", "data,vae,latents"]) == 0
+    assert load_vae(work / "vae_encoder.safetensors").temporal_stride == 2
+    latents = torch.load(work / "latents.pt", weights_only=True)["latents"]
+    assert latents.shape[2] == 9
+    assert main(args + ["--recipe", "x4t", "--resume", "--stage", "dit"]) == 2
+    assert "temporal_downsample" in capsys.readouterr().err

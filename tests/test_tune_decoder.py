@@ -70,3 +70,35 @@ def test_keep_first_frame_tunes_only_what_later_frames_use(tmp_path):
         old, new = model.decode_stream(z), tuned.decode_stream(z)
     assert torch.equal(new[:, :, 0], old[:, :, 0])            # the first frame, bit for bit
     assert (new[:, :, 1:] - old[:, :, 1:]).abs().max() > 1e-3  # later frames did train
+
+
+def test_video_crops_follow_the_vae_time_stride():
+    """A video crop's pixels are the frames its latent frames encode, for a VAE x2 in time
+    (17 frames -> 9 latent frames) as for x4: pixel frames ts·(F - 1) + 1, rows and columns at
+    the spatial stride. Each pixel carries its own (row // s, column // s, frame) and each latent
+    cell its (row, column, frame), so a crop taken from the wrong place or length shows."""
+    from core.default_model.tune_decoder import Cache, video_batch
+
+    s, frames, size = 4, 17, 64
+    for ts in (2, 4):
+        f = (frames - 1) // ts + 1
+        t_idx = torch.arange(frames).view(frames, 1, 1).expand(frames, size, size)
+        rows = (torch.arange(size) // s).view(1, size, 1).expand(frames, size, size)
+        cols = (torch.arange(size) // s).view(1, 1, size).expand(frames, size, size)
+        clips = torch.stack([rows, cols, t_idx], -1).to(torch.uint8)[None].repeat(3, 1, 1, 1, 1)
+        g = size // s
+        lat = torch.stack([torch.arange(g).view(1, g, 1).expand(f, g, g),
+                           torch.arange(g).view(1, 1, g).expand(f, g, g),
+                           torch.arange(f).view(f, 1, 1).expand(f, g, g)]).float()
+        cache = Cache(images=clips[:, 0], image_latents=torch.zeros(3, 3, 1, g, g), clips=clips,
+                      clip_latents=lat[None].repeat(3, 1, 1, 1, 1),
+                      centres=torch.full((3, frames, 2), 30.0))
+        for latent_frames in (1, 2, f):
+            cfg = TuneConfig(images=0, clips=2, latent_frames=latent_frames, crop=4)
+            z, x = video_batch(cache, cfg, torch.Generator().manual_seed(ts))
+            assert z.shape[2] == latent_frames and x.shape[2] == ts * (latent_frames - 1) + 1
+            pixels = ((x + 1) * 127.5).round()                     # back to the stored uint8
+            assert torch.equal(pixels[:, 2, :, 0, 0], torch.arange(x.shape[2]).float().expand(2, -1))
+            assert torch.equal(pixels[:, 0, 0, ::s, 0], z[:, 0, 0, :, 0])    # rows
+            assert torch.equal(pixels[:, 1, 0, 0, ::s], z[:, 1, 0, 0, :])    # columns
+            assert torch.equal(z[:, 2, :, 0, 0], torch.arange(latent_frames).float().expand(2, -1))
