@@ -495,9 +495,10 @@ def test_recipe_x2t_encodes_nine_latent_frames_and_resumes_only_as_itself(tmp_pa
     from core.vae.loader import load_vae
 
     assert RECIPES["x2t"].vae.temporal_stride == 2 and RECIPES["x4t"].vae.temporal_stride == 4
-    # The recipes differ in the VAE's time stride only.
+    # The recipes differ in the VAE's time stride and the decoder's later-frame steps only.
     from dataclasses import replace
-    assert replace(RECIPES["x2t"], vae=RECIPES["x4t"].vae) == RECIPES["x4t"]
+    assert replace(RECIPES["x2t"], vae=RECIPES["x4t"].vae,
+                   tune_video_steps=RECIPES["x4t"].tune_video_steps) == RECIPES["x4t"]
     work = tmp_path / "w"
     args = ["--work", str(work), "--toy", "--workers", "1"]
     assert main(args + ["--recipe", "x2t", "--stage", "data,vae,latents"]) == 0
